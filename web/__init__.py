@@ -1,0 +1,37 @@
+"""Flask front end: JSON API under /api/v1, HTML pages, health check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from shared.settings import Settings, load_settings
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app; ``test_config`` may carry ``ATELIER_SETTINGS`` (a Settings) and Flask keys."""
+    app = Flask(__name__)
+    config = dict(test_config or {})
+    settings: Settings = config.pop("ATELIER_SETTINGS", None) or load_settings()
+    if settings.auth != "off":
+        raise RuntimeError(
+            f"ATELIER_AUTH={settings.auth!r}: token authentication is not built yet; "
+            "use ATELIER_AUTH=off"
+        )
+    app.config.update(
+        ATELIER=settings,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(config)
+
+    from web import api, db, errors, health, pages, queue
+
+    db.init_app(app)
+    queue.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(health.bp)
+    return app

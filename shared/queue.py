@@ -1,0 +1,39 @@
+"""Queue names and task names: the only coupling between web (sender) and worker.
+
+The web side enqueues by task *name*, so it never imports the worker or torch.
+"""
+
+from __future__ import annotations
+
+RUN_JOB_TASK = "atelier.run_job"
+GPU_QUEUE = "gpu"
+CPU_QUEUE = "cpu"
+
+# job kind -> queue that runs it
+QUEUE_FOR_KIND = {"style_transfer": GPU_QUEUE, "fine_tune": GPU_QUEUE, "predict": GPU_QUEUE}
+
+
+def celery_config(
+    broker_url: str, *, soft_time_limit: int, time_limit: int, visibility_timeout: int
+) -> dict:
+    """Celery settings both sides share; see ARCHITECTURE.md for why each one is set."""
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": soft_time_limit,
+        "task_time_limit": time_limit,
+        "task_default_queue": GPU_QUEUE,
+        "task_routes": {RUN_JOB_TASK: {"queue": GPU_QUEUE}},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_max_tasks_per_child": 50,
+        "worker_max_memory_per_child": 8 * 1024 * 1024,  # KiB: recycle a child past 8 GiB
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "broker_pool_limit": 10,
+    }

@@ -1,0 +1,118 @@
+"""JSON API v1 (the contract is ../docs API.md): submit, get, list, cancel, delete, files."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, jsonify, request, send_file
+
+from shared import states
+from shared.errors import InputError
+from shared.jobs import get_job, list_jobs
+from shared.models import Job
+from shared.storage import job_key, open_storage
+from web import db, queue
+from web.auth import current_owner
+from web.serializers import job_to_dict
+from web.submit import submit_job
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+MAX_LIMIT = 100
+
+
+def _job_or_404(job_id: str) -> Job:
+    job = get_job(db.session(), job_id, current_owner())
+    if job is None:
+        raise InputError(f"job {job_id} not found", status=404, code="not_found")
+    return job
+
+
+@bp.post("/jobs")
+def create_job():
+    job = submit_job(request.form, request.files, current_owner(), db.settings())
+    response = jsonify(job_to_dict(db.session(), job))
+    response.status_code = 202
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return response
+
+
+def get_job_view(job_id: str):
+    return jsonify(job_to_dict(db.session(), _job_or_404(job_id)))
+
+
+bp.add_url_rule("/jobs/<job_id>", endpoint="get_job", view_func=get_job_view)
+
+
+@bp.get("/jobs")
+def list_jobs_view():
+    status = request.args.get("status") or None
+    if status and status not in states.STATUSES:
+        raise InputError(f"status must be one of {', '.join(states.STATUSES)}", field="status")
+    try:
+        limit = int(request.args.get("limit", 20))
+    except ValueError:
+        raise InputError("limit must be a whole number", field="limit") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InputError(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    try:
+        rows, next_cursor = list_jobs(
+            db.session(),
+            owner=current_owner(),
+            status=status,
+            kind=request.args.get("kind") or None,
+            limit=limit,
+            cursor=request.args.get("cursor") or None,
+        )
+    except (ValueError, TypeError):
+        raise InputError(
+            "cursor is not valid; use the `next` value of a previous page", field="cursor"
+        ) from None
+    session = db.session()
+    return jsonify({"results": [job_to_dict(session, j) for j in rows], "next": next_cursor})
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    job = _job_or_404(job_id)
+    session = db.session()
+    was_queued = job.status == states.QUEUED
+    status = states.request_cancel(session, job_id)
+    session.commit()
+    if was_queued and status == states.CANCELED:
+        queue.revoke(job_id)
+    session.refresh(job)
+    return jsonify(job_to_dict(session, job))
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    job = _job_or_404(job_id)
+    if job.status not in states.TERMINAL:
+        raise InputError(
+            f"job {job_id} is {job.status}; cancel it and wait for it to end before deleting",
+            status=409,
+            code="conflict",
+        )
+    session = db.session()
+    session.delete(job)
+    session.commit()
+    open_storage(db.settings().storage_url).delete_prefix(f"jobs/{job_id}")
+    return "", 204
+
+
+@bp.get("/jobs/<job_id>/files/<name>")
+def get_file(job_id: str, name: str):
+    job = _job_or_404(job_id)
+    item = next((f for f in job.files if f.name == name), None)
+    storage = open_storage(db.settings().storage_url)
+    if item is None or not storage.exists(job_key(job.id, name)):
+        raise InputError(f"job {job_id} has no file {name!r}", status=404, code="not_found")
+    return send_file(
+        storage.local_path(job_key(job.id, name)),
+        mimetype=item.content_type,
+        download_name=name,
+        max_age=0,
+    )
+
+
+@bp.route("/<path:_rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def unknown_endpoint(_rest: str):
+    abort(404)

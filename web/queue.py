@@ -1,0 +1,66 @@
+"""Sending jobs to the workers by task name; the web never imports worker code or torch."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from flask import Flask, current_app
+
+from shared.queue import QUEUE_FOR_KIND, RUN_JOB_TASK, celery_config
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_client(settings: Settings) -> Celery:
+    client = Celery("atelier-web")
+    client.conf.update(
+        celery_config(
+            settings.broker_url,
+            soft_time_limit=settings.soft_time_limit,
+            time_limit=settings.time_limit,
+            visibility_timeout=settings.visibility_timeout,
+        )
+    )
+    # fail fast when Redis is down: the row is committed and the outbox sweeper retries
+    client.conf.broker_connection_timeout = 2
+    client.conf.broker_connection_max_retries = 0
+    return client
+
+
+def client() -> Celery:
+    return current_app.extensions["atelier_celery"]
+
+
+def enqueue(job_id: str, kind: str) -> bool:
+    """Publish the job id; False (logged) when the broker is unreachable."""
+    try:
+        client().send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=QUEUE_FOR_KIND[kind],
+            task_id=job_id,
+            retry=False,
+        )
+        return True
+    except Exception:  # broker down: the job row waits for the dispatcher
+        log.warning("could not enqueue job %s; the dispatcher will retry", job_id, exc_info=True)
+        return False
+
+
+def revoke(job_id: str) -> None:
+    """Drop a queued job's message if a worker already holds it; harmless if it doesn't."""
+    try:
+        client().control.revoke(job_id)
+    except Exception:
+        log.warning("could not revoke %s; the worker's claim will skip it", job_id, exc_info=True)
+
+
+def count_workers(timeout: float = 0.5) -> int:
+    replies = client().control.ping(timeout=timeout) or []
+    return len(replies)
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["atelier_celery"] = make_client(app.config["ATELIER"])

@@ -1,0 +1,91 @@
+"""Turns the engine's per-step callback into throttled row writes, previews and cancel checks."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from shared.db import session_scope
+from shared.jobs import StoredFile, add_file, write_progress
+from shared.settings import Settings
+from shared.storage import Storage, job_key
+from worker.engines.errors import Canceled
+
+PREVIEW_NAME = "preview.jpg"
+PREVIEW_MAX_SIDE = 512
+
+
+def save_preview(storage: Storage, job_id: str, image: Image.Image) -> StoredFile:
+    """A small JPEG of the current image, overwritten in place."""
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    buffer = io.BytesIO()
+    preview.save(buffer, "JPEG", quality=85)
+    size = storage.put_bytes(job_key(job_id, PREVIEW_NAME), buffer.getvalue())
+    return StoredFile("preview", PREVIEW_NAME, "image/jpeg", size)
+
+
+class ProgressReporter:
+    """Callable given to an engine: writes at most every ``progress_interval`` seconds.
+
+    Each write is also the heartbeat and the cancel check, so a canceled job stops within
+    one interval of its next step. A preview is saved at most every ``preview_interval``.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        settings: Settings,
+        storage: Storage,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job_id = job_id
+        self.settings = settings
+        self.storage = storage
+        self.clock = clock
+        self.started = clock()
+        self.last_write = float("-inf")
+        self.last_preview = clock()
+
+    def report(
+        self,
+        *,
+        current: int,
+        total: int,
+        stage: str | None,
+        loss: float | None,
+        image: Callable[[], Image.Image] | None = None,
+        force: bool = False,
+    ) -> None:
+        now = self.clock()
+        if not force and now - self.last_write < self.settings.progress_interval:
+            return
+        self.last_write = now
+        values: dict[str, Any] = {
+            "progress_current": current,
+            "progress_total": total,
+            "progress_stage": stage,
+            "progress_loss": loss,
+            "eta_seconds": self._eta(now, current, total),
+        }
+        preview = None
+        if image is not None and now - self.last_preview >= self.settings.preview_interval:
+            self.last_preview = now
+            preview = save_preview(self.storage, self.job_id, image())
+            values["preview_step"] = current
+        with session_scope(self.settings.database_url) as session:
+            if preview is not None:
+                add_file(session, self.job_id, preview)
+            running, cancel = write_progress(session, self.job_id, values)
+        if cancel or not running:
+            raise Canceled("cancel requested" if cancel else "job is no longer running")
+
+    def _eta(self, now: float, current: int, total: int) -> float | None:
+        if current <= 0 or total <= 0:
+            return None
+        elapsed = now - self.started
+        return round(elapsed / current * (total - current), 1)
