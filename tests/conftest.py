@@ -112,7 +112,9 @@ def fresh_db_url(request, tmp_path) -> Iterator[str]:
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
-def make_settings(tmp_path: Path, database_url: str, redis_url: str | None, **overrides) -> Settings:
+def make_settings(
+    tmp_path: Path, database_url: str, redis_url: str | None, **overrides
+) -> Settings:
     base = load_settings()
     return dataclasses.replace(
         base,
@@ -172,8 +174,14 @@ class WorkerProcess:
         self.hostname = f"{name}@{socket.gethostname()}"
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_ready(self, settings: Settings, timeout: float = 90) -> None:
         from web.queue import make_client

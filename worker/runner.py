@@ -44,9 +44,15 @@ ENGINE_PARAMS = (
 
 def preload() -> None:
     """Warm the default network in a fresh worker child."""
-    from worker.engines.weights import preload_default
+    import torch
 
-    preload_default(device=get_settings().device)
+    from worker.engines.weights import load_vgg19, weights_identity
+
+    device = get_settings().device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    load_vgg19("original", "max", device)
+    weights_identity("original")
 
 
 def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> str | None:
@@ -89,8 +95,10 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
 
 
 def _end(settings: Settings, job_id: str, status: str, values: dict | None = None) -> str:
+    """Move a running job to ``status`` (only a processing job can succeed)."""
+    expect = states.PROCESSING if status == states.SUCCEEDED else states.RUNNING
     with session_scope(settings.database_url) as session:
-        states.transition(session, job_id, status, expect=states.RUNNING, values=values)
+        states.transition(session, job_id, status, expect=expect, values=values)
         return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
@@ -115,7 +123,13 @@ def _finish(settings: Settings, job_id: str, metrics: dict[str, Any]) -> str:
         settings,
         job_id,
         states.SUCCEEDED,
-        {"metrics": summary, "finished_at": now, "progress_current": total, "eta_seconds": 0},
+        {
+            "metrics": summary,
+            "finished_at": now,
+            "progress_current": total,
+            "eta_seconds": 0,
+            "preview_step": total,
+        },
     )
 
 

@@ -17,8 +17,10 @@ def submit(base: str, content: bytes, style: bytes, **fields) -> dict:
     response = requests.post(
         f"{base}/api/v1/jobs",
         data={"kind": "style_transfer", **{k: str(v) for k, v in fields.items()}},
-        files={"content": ("content.png", content, "image/png"),
-               "style": ("style.png", style, "image/png")},
+        files={
+            "content": ("content.png", content, "image/png"),
+            "style": ("style.png", style, "image/png"),
+        },
         timeout=30,
     )
     assert response.status_code == 202, response.text
@@ -62,8 +64,15 @@ def test_submit_poll_download(live_server, e2e_worker):
 
 
 def test_cancel_running_job_stops_it(live_server, e2e_worker):
-    job = submit(live_server, tiny_png(96, 96), tiny_png(64, 64, color=(10, 10, 200)),
-                 size=96, iterations=3000, multiscale="false", seed=1)
+    job = submit(
+        live_server,
+        tiny_png(96, 96),
+        tiny_png(64, 64, color=(10, 10, 200)),
+        size=96,
+        iterations=3000,
+        multiscale="false",
+        seed=1,
+    )
     poll(live_server, job["id"], until={"processing"} | TERMINAL, timeout=60)
     requested = time.monotonic()
     response = requests.post(f"{live_server}/api/v1/jobs/{job['id']}/cancel", timeout=10)
@@ -76,12 +85,17 @@ def test_cancel_running_job_stops_it(live_server, e2e_worker):
 
 def test_cancel_queued_job_is_immediate_and_never_runs(live_server, e2e_worker, e2e_settings):
     # Occupy the single worker so the next job stays queued.
-    blocker = submit(live_server, tiny_png(96, 96), tiny_png(), size=96, iterations=3000,
-                     multiscale="false")
+    blocker = submit(
+        live_server, tiny_png(96, 96), tiny_png(), size=96, iterations=3000, multiscale="false"
+    )
     poll(live_server, blocker["id"], until={"processing"} | TERMINAL, timeout=60)
     queued = submit(live_server, tiny_png(), tiny_png(), size=48, iterations=5)
-    assert requests.get(f"{live_server}/api/v1/jobs/{queued['id']}",
-                        timeout=10).json()["queue_position"] >= 1
+    assert (
+        requests.get(f"{live_server}/api/v1/jobs/{queued['id']}", timeout=10).json()[
+            "queue_position"
+        ]
+        >= 1
+    )
     canceled = requests.post(f"{live_server}/api/v1/jobs/{queued['id']}/cancel", timeout=10).json()
     assert canceled["status"] == "canceled" and canceled["finished_at"]
     requests.post(f"{live_server}/api/v1/jobs/{blocker['id']}/cancel", timeout=10)
@@ -95,7 +109,7 @@ def test_cancel_queued_job_is_immediate_and_never_runs(live_server, e2e_worker, 
 
 
 def test_delete_terminal_job_removes_files(live_server, e2e_worker):
-    job = submit(live_server, tiny_png(), tiny_png(), size=32, iterations=2)
+    job = submit(live_server, tiny_png(), tiny_png(), size=48, iterations=2)
     done = poll(live_server, job["id"])
     assert done["status"] == "succeeded"
     assert requests.delete(f"{live_server}/api/v1/jobs/{job['id']}", timeout=10).status_code == 204

@@ -66,8 +66,9 @@ CASES = [
 @pytest.mark.parametrize(("form", "files", "status", "field"), CASES)
 def test_bad_submit_is_refused_and_leaves_nothing(client, settings, form, files, status, field):
     before = redis.Redis.from_url(settings.redis_url).llen("gpu")
-    response = client.post("/api/v1/jobs", data={**form, **files},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/jobs", data={**form, **files}, content_type="multipart/form-data"
+    )
     assert response.status_code == status, response.get_json()
     error = response.get_json()["error"]
     assert error["field"] == field and error["message"] and error["code"]
@@ -85,9 +86,11 @@ def test_too_large_request_is_413_json(settings, redis_url):
 
     small = dataclasses.replace(settings, max_request_bytes=2000)
     client = create_app({"ATELIER_SETTINGS": small, "TESTING": True}).test_client()
-    response = client.post("/api/v1/jobs", data={"kind": "style_transfer",
-                                                  **_files(tiny_png(256, 256), GOOD)},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/jobs",
+        data={"kind": "style_transfer", **_files(tiny_png(256, 256), GOOD)},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "too_large"
 
@@ -99,16 +102,21 @@ def test_too_large_file_names_the_field(settings):
 
     small = dataclasses.replace(settings, max_upload_bytes=500)
     client = create_app({"ATELIER_SETTINGS": small, "TESTING": True}).test_client()
-    response = client.post("/api/v1/jobs", data={"kind": "style_transfer",
-                                                  **_files(GOOD, tiny_png(200, 200))},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/jobs",
+        data={"kind": "style_transfer", **_files(GOOD, tiny_png(200, 200))},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 413
     assert response.get_json()["error"]["field"] in ("content", "style")
 
 
 def test_unknown_job_is_404_json(client):
-    for path in ("/api/v1/jobs/0123456789abcdef0123456789abcdef",
-                 "/api/v1/jobs/nope/files/result.png", "/api/v1/nothing-here"):
+    for path in (
+        "/api/v1/jobs/0123456789abcdef0123456789abcdef",
+        "/api/v1/jobs/nope/files/result.png",
+        "/api/v1/nothing-here",
+    ):
         response = client.get(path)
         assert response.status_code == 404, path
         assert response.get_json()["error"]["code"] == "not_found"

@@ -1,0 +1,48 @@
+"""Scale pyramid, step split and the up-front memory refusal."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.engines import planning
+from worker.engines.errors import OutOfMemory
+from worker.engines.params import PRESETS
+from worker.engines.style_transfer import stylize
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (256, [128, 181, 256]),
+        (512, [128, 181, 256, 362, 512]),
+        (96, [48, 68, 96]),
+        (20, [20]),
+        (130, [65, 92, 130]),
+    ],
+)
+def test_pyramid_is_about_sqrt2_apart(size, expected):
+    assert planning.scale_sizes(size, multiscale=True) == expected
+    assert planning.scale_sizes(size, multiscale=False) == [size]
+
+
+@pytest.mark.parametrize("total", [3, 10, 120, 1000])
+def test_steps_sum_to_the_budget_and_favour_coarse_scales(total):
+    steps = planning.steps_per_scale(total, 3, PRESETS["balanced"].decay)
+    assert sum(steps) == total
+    assert min(steps) >= 1
+    assert steps == sorted(steps, reverse=True)
+
+
+def test_sizes_the_device_cannot_hold_are_refused_up_front(monkeypatch, content, style):
+    monkeypatch.setattr(planning, "available_bytes", lambda device: 200 * 2**20)
+    calls = []
+    with pytest.raises(OutOfMemory) as info:
+        stylize(content, [style], size=2048, device="cpu", callback=calls.append)
+    assert info.value.code == "out_of_memory"
+    assert "size <=" in str(info.value)
+    assert calls == []  # refused before the first step
+
+
+def test_lbfgs_history_shrinks_with_memory():
+    assert planning.lbfgs_history(3 * 256 * 256, 10 * 2**30) == planning.MAX_LBFGS_HISTORY
+    assert planning.lbfgs_history(3 * 4096 * 4096, 2**30) == planning.MIN_LBFGS_HISTORY
