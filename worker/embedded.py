@@ -127,6 +127,10 @@ def _stop(proc: subprocess.Popen, name: str, grace: float) -> None:
         proc.wait()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_up(host: str, port: int) -> int:
     """Start everything and block until Ctrl-C or a child dies."""
     settings = load_settings()
@@ -148,7 +152,8 @@ def run_up(host: str, port: int) -> int:
         children = [("web", web, 10), ("worker", worker, 15), *children]
         threading.Thread(target=run_forever, args=(settings, stop), daemon=True).start()
         print(f"atelier: ready at http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)  # even when started with SIGINT ignored
         while True:
             for name, proc, _ in children:
                 if proc.poll() is not None:

@@ -41,3 +41,15 @@ def style() -> Image.Image:
 @pytest.fixture
 def style2() -> Image.Image:
     return make_style(seed=1).transpose(Image.Transpose.ROTATE_90)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny images gain nothing from intra-op threads, and on a shared 2-core machine
+    oversubscribed OpenMP barriers make each step several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

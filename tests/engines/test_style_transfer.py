@@ -46,7 +46,8 @@ def test_output_has_exactly_the_requested_size(mode, src_size, size, multiscale,
     content = make_content(*src_size)
     if mode == "I;16":
         arr = np.asarray(content.convert("L"), dtype=np.uint16) * 257
-        content = Image.fromarray(arr, "I;16")
+        content = Image.fromarray(arr)  # uint16 -> mode I;16
+        assert content.mode == "I;16"
     elif mode == "P":
         content = content.convert("P", palette=Image.Palette.ADAPTIVE)
     else:
@@ -157,7 +158,7 @@ def test_callback_reports_progress_and_can_cancel(content, style):
 
     stylize(content, [style], size=64, iterations=6, callback=record, seed=0, device="cpu")
     assert [p.step for p in seen] == list(range(1, 7))
-    assert all(p.total == 6 and p.scales == 2 for p in seen)  # 32 -> 64 px
+    assert all(p.total == 6 and p.scales == 3 for p in seen)  # 32 -> 45 -> 64 px
     assert [p.scale for p in seen] == sorted(p.scale for p in seen)
     assert all(np.isfinite(p.loss) and p.elapsed >= 0 for p in seen)
     preview = seen[0].image()  # stale progress records still render (the current state)
@@ -220,6 +221,12 @@ def test_styles_must_be_a_non_empty_sequence(content, styles):
     with pytest.raises(InvalidInput) as info:
         stylize(content, styles)
     assert info.value.param == "styles"
+
+
+def test_too_thin_an_output_is_rejected(style):
+    with pytest.raises(InvalidInput) as info:
+        stylize(make_content(200, 10), [style], size=100)
+    assert info.value.param == "size"
 
 
 def test_non_image_input_is_rejected(style):

@@ -1,0 +1,116 @@
+"""The ``stylize`` subcommand end to end: parse, run the engine, write image + metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from worker import stylize_cli
+from worker.engines.params import DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atelier")
+    stylize_cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_defaults_come_from_the_engine(tmp_path):
+    args = _parser().parse_args(["stylize", "c.png", "s.png", "-o", str(tmp_path / "o.png")])
+    assert args.size == DEFAULTS.size
+    assert args.preset == DEFAULTS.preset
+    assert args.multiscale is True
+    assert args.func is stylize_cli.run
+
+
+def test_run_writes_image_and_metrics(tmp_path, content, style, style2, capsys):
+    content.save(tmp_path / "c.png")
+    style.save(tmp_path / "s1.jpg")
+    style2.save(tmp_path / "s2.png")
+    out = tmp_path / "out" / "result.png"
+    args = _parser().parse_args(
+        [
+            "stylize",
+            str(tmp_path / "c.png"),
+            str(tmp_path / "s1.jpg"),
+            str(tmp_path / "s2.png"),
+            "-o",
+            str(out),
+            "--size",
+            "48",
+            "--iterations",
+            "4",
+            "--seed",
+            "3",
+            "--style-weights",
+            "2,1",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert args.func(args) == 0
+    assert Image.open(out).size == (48, 36)
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["seed"] == 3
+    assert metrics["params"]["style_weights"] == [2 / 3, 1 / 3]
+    assert len(metrics["weights"]["sha256"]) == 64
+    err = capsys.readouterr().err
+    assert "\r[" in err and "4/4" in err
+
+
+def test_bad_parameter_exits_2_with_the_name(tmp_path, content, style, capsys):
+    content.save(tmp_path / "c.png")
+    style.save(tmp_path / "s.png")
+    args = _parser().parse_args(
+        [
+            "stylize",
+            str(tmp_path / "c.png"),
+            str(tmp_path / "s.png"),
+            "-o",
+            str(tmp_path / "o.png"),
+            "--strength",
+            "3",
+        ]
+    )
+    assert stylize_cli.run(args) == 2
+    assert "strength" in capsys.readouterr().err
+
+
+def test_standalone_module_in_a_subprocess(tmp_path, content, style):
+    content.save(tmp_path / "c.png")
+    style.save(tmp_path / "s.png")
+    out = tmp_path / "o.jpg"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker.stylize_cli",
+            str(tmp_path / "c.png"),
+            str(tmp_path / "s.png"),
+            "-o",
+            str(out),
+            "--size",
+            "32",
+            "--iterations",
+            "2",
+            "--metrics-json",
+            str(tmp_path / "m.json"),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (32, 24)
+    assert json.loads((tmp_path / "m.json").read_text())["params"]["iterations"] == 2

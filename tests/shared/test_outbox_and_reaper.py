@@ -1,0 +1,90 @@
+"""No job lost: a submit while Redis is down is published later; stale jobs are reaped."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from shared import states
+from shared.db import session_scope
+from shared.housekeeping import pending_dispatch, reap_stale
+from shared.jobs import add_job, new_job_id
+from shared.models import Job
+from shared.timeutil import utcnow
+from tests.conftest import BACKENDS, tiny_png
+from worker.dispatcher import sweep_once
+from worker.embedded import free_port
+
+
+def test_submit_while_broker_down_is_accepted_then_dispatched(settings):
+    from web import create_app
+    from web.queue import make_client
+
+    down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    client = create_app({"ATELIER_SETTINGS": down, "TESTING": True}).test_client()
+    response = client.post(
+        "/api/v1/jobs",
+        data={
+            "kind": "style_transfer",
+            "content": (io.BytesIO(tiny_png()), "c.png"),
+            "style": (io.BytesIO(tiny_png()), "s.png"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202
+    job_id = response.get_json()["id"]
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).values(created_at=utcnow() - timedelta(seconds=30)))
+        assert pending_dispatch(session) == [(job_id, "style_transfer")]
+
+    broker = redis.Redis.from_url(settings.redis_url)
+    before = broker.llen("gpu")
+    celery = make_client(settings)
+    sent = sweep_once(
+        settings,
+        lambda jid, queue: celery.send_task(
+            "atelier.run_job", args=[jid], queue=queue, task_id=jid
+        ),
+    )
+    assert sent == 1 and broker.llen("gpu") == before + 1
+    with session_scope(settings.database_url) as session:
+        assert session.get(Job, job_id).enqueued_at is not None
+        assert pending_dispatch(session) == []
+    broker.delete("gpu")
+
+
+def _running_job(url: str, attempts: int) -> str:
+    job_id = new_job_id()
+    with session_scope(url) as session:
+        add_job(session, job_id=job_id, kind="style_transfer", owner="local", params={}, files=[])
+    with session_scope(url) as session:
+        states.claim(session, job_id, "gone-worker")
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(attempts=attempts, heartbeat_at=utcnow() - timedelta(seconds=120))
+        )
+    return job_id
+
+
+@pytest.mark.parametrize("fresh_db_url", BACKENDS, indirect=True)
+def test_reaper_requeues_then_gives_up(settings):
+    url = settings.database_url
+    retry, exhausted = _running_job(url, attempts=1), _running_job(url, attempts=3)
+    fresh = _running_job(url, attempts=1)
+    with session_scope(url) as session:
+        session.execute(update(Job).where(Job.id == fresh).values(heartbeat_at=utcnow()))
+    with session_scope(url) as session:
+        moved = dict(reap_stale(session, timeout_seconds=60))
+    assert moved == {retry: "queued", exhausted: "failed"}
+    with session_scope(url) as session:
+        requeued = session.get(Job, retry)
+        assert requeued.enqueued_at is None and requeued.worker is None
+        failed = session.get(Job, exhausted)
+        assert failed.error_code == "attempts_exhausted" and failed.finished_at
+        assert session.get(Job, fresh).status == "starting"

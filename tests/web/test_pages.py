@@ -1,0 +1,59 @@
+"""The HTML pages work without JavaScript: form, field errors, job page, cancel button."""
+
+from __future__ import annotations
+
+import io
+
+from sqlalchemy import func, select
+
+from shared.db import session_scope
+from shared.models import Job
+from tests.conftest import tiny_png
+
+
+def test_form_page_renders(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'name="content"' in html and 'name="style"' in html and "multipart/form-data" in html
+
+
+def test_bad_upload_shows_the_error_next_to_the_field(client, settings):
+    response = client.post(
+        "/jobs",
+        data={
+            "kind": "style_transfer",
+            "content": (io.BytesIO(b"nope"), "c.png"),
+            "style": (io.BytesIO(tiny_png()), "s.png"),
+            "size": "128",
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 415
+    html = response.get_data(as_text=True)
+    assert 'class="field-error"' in html and "content:" in html
+    assert 'value="128"' in html  # what the person typed is kept
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_submit_redirects_to_job_page_and_cancel_works(client):
+    response = client.post(
+        "/jobs",
+        data={
+            "kind": "style_transfer",
+            "content": (io.BytesIO(tiny_png()), "c.png"),
+            "style": (io.BytesIO(tiny_png()), "s.png"),
+            "size": "48",
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 303
+    location = response.headers["Location"]
+    page = client.get(location).get_data(as_text=True)
+    assert "queued" in page and 'http-equiv="refresh"' in page and "cancel-form" in page
+    job_id = location.rsplit("/", 1)[1]
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 303
+    page = client.get(location).get_data(as_text=True)
+    assert "canceled" in page and "cancel-form" not in page
+    assert client.get("/jobs/" + "0" * 32).status_code == 404
