@@ -56,7 +56,8 @@ def test_run_writes_image_and_metrics(tmp_path, content, style, style2, capsys):
         ]
     )
     assert args.func(args) == 0
-    assert Image.open(out).size == (48, 36)
+    with Image.open(out) as image:
+        assert image.size == (48, 36)
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert metrics["seed"] == 3
     assert metrics["params"]["style_weights"] == [2 / 3, 1 / 3]
@@ -112,5 +113,6 @@ def test_standalone_module_in_a_subprocess(tmp_path, content, style):
         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr
-    assert Image.open(out).size == (32, 24)
+    with Image.open(out) as image:
+        assert image.size == (32, 24)
     assert json.loads((tmp_path / "m.json").read_text())["params"]["iterations"] == 2

@@ -1,0 +1,216 @@
+"""Style-transfer parameters: defaults, presets, limits and validation in one place.
+
+The engine, the ``atelier stylize`` CLI and the web form all read these tables, so a
+default changes in exactly one spot.  ``resolve_params`` turns the loose keyword arguments
+of ``stylize`` into a validated, fully explicit :class:`StyleParams` that is also what the
+job records as its metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from .errors import InvalidInput
+from .weights import POOLINGS, SOURCES
+
+OPTIMIZERS = ("lbfgs", "adam")
+INITS = ("content", "noise", "gray")
+PRESERVE_COLORS = ("none", "luminance", "statistics")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard bounds for user input; the web validation reuses them."""
+
+    min_size: int = 16
+    max_size: int = 4096
+    max_iterations: int = 10_000
+    max_styles: int = 8
+    min_style_scale: float = 0.1
+    max_style_scale: float = 4.0
+    max_seed: int = 2**63 - 1
+
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How much optimisation a preset buys, and how it is spread across scales.
+
+    ``decay`` is the ratio of steps between one scale and the next finer one: below 1 puts
+    most iterations on the cheap coarse scales, where the large-scale structure of the style
+    forms; the fine scales only need to refine texture.
+    """
+
+    iterations: int
+    decay: float
+    min_scale: int = 128
+    average: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    "fast": Preset(iterations=60, decay=0.6),
+    "balanced": Preset(iterations=120, decay=0.6),
+    "quality": Preset(iterations=400, decay=0.75, average=True),
+}
+DEFAULT_PRESET = "balanced"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Defaults of every ``stylize`` keyword; the CLI builds its options from these."""
+
+    size: int = 512
+    preset: str = DEFAULT_PRESET
+    strength: float = 0.5
+    optimizer: str = "lbfgs"
+    init: str = "content"
+    pooling: str = "max"
+    preserve_color: str = "none"
+    style_scale: float = 1.0
+    multiscale: bool = True
+    weights: str = "original"
+    device: str = "auto"
+
+
+DEFAULTS = Defaults()
+
+# Loss weights at strength 0.5; strength moves the style weight a decade each way.
+BASE_STYLE_WEIGHT = 1.0
+STRENGTH_DECADES = 1.0
+BASE_TV_WEIGHT = 0.0
+
+
+def weights_for_strength(strength: float) -> tuple[float, float, float]:
+    """Map strength 0..1 to (content, style, tv) weights of the normalised losses.
+
+    The losses are relative errors (see ``losses.py``), so these weights give the same
+    balance at 256 px and 2048 px.
+    """
+    style = BASE_STYLE_WEIGHT * 10 ** (STRENGTH_DECADES * 2 * (strength - 0.5))
+    return 1.0, style, BASE_TV_WEIGHT
+
+
+@dataclass(frozen=True)
+class StyleParams:
+    """Fully resolved parameters of one run (recorded verbatim in the result metrics)."""
+
+    size: int
+    iterations: int
+    preset: str
+    strength: float
+    style_weights: tuple[float, ...]
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+    optimizer: str
+    init: str
+    pooling: str
+    preserve_color: str
+    style_scale: float
+    multiscale: bool
+    seed: int
+    weights: str
+    device: str
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["style_weights"] = list(self.style_weights)
+        return data
+
+
+def _choice(name: str, value: object, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, got {value!r}", name)
+    return str(value)
+
+
+def _number(name: str, value: object, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{name} must be a number, got {value!r}", name)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be between {lo:g} and {hi:g}, got {value!r}", name)
+    return float(value)
+
+
+def _integer(name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an integer, got {value!r}", name)
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be between {lo} and {hi}, got {value!r}", name)
+    return int(value)
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false, got {value!r}", name)
+    return value
+
+
+def _device(value: object) -> str:
+    """auto, cpu, cuda, or cuda:N (a worker pinned to one GPU passes its index)."""
+    if isinstance(value, str) and (value in DEVICES or re.fullmatch(r"cuda:\d+", value)):
+        return value
+    raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, got {value!r}", "device")
+
+
+def _blend(style_weights: Sequence[float] | None, n_styles: int) -> tuple[float, ...]:
+    if style_weights is None:
+        return tuple(1.0 / n_styles for _ in range(n_styles))
+    weights = list(style_weights)
+    if len(weights) != n_styles:
+        raise InvalidInput(
+            f"style_weights needs one weight per style image ({n_styles}), got {len(weights)}",
+            "style_weights",
+        )
+    values = [_number("style_weights", w, 0.0, 1e6) for w in weights]
+    total = sum(values)
+    if total <= 0:
+        raise InvalidInput("style_weights must not all be zero", "style_weights")
+    return tuple(v / total for v in values)
+
+
+def resolve_params(n_styles: int, **kw: object) -> StyleParams:
+    """Validate ``stylize`` keywords and fill every default; raises InvalidInput."""
+    if not 1 <= n_styles <= LIMITS.max_styles:
+        raise InvalidInput(
+            f"styles needs 1 to {LIMITS.max_styles} style images, got {n_styles}", "styles"
+        )
+    preset = _choice("preset", kw["preset"], tuple(PRESETS))
+    strength = _number("strength", kw["strength"], 0.0, 1.0)
+    cw, sw, tvw = weights_for_strength(strength)
+    overrides = {}
+    for name, default in (("content_weight", cw), ("style_weight", sw), ("tv_weight", tvw)):
+        value = kw[name]
+        overrides[name] = default if value is None else _number(name, value, 0.0, 1e9)
+    iterations = kw["iterations"]
+    if iterations is None:
+        iterations = PRESETS[preset].iterations
+    seed = kw["seed"]
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    return StyleParams(
+        size=_integer("size", kw["size"], LIMITS.min_size, LIMITS.max_size),
+        iterations=_integer("iterations", iterations, 1, LIMITS.max_iterations),
+        preset=preset,
+        strength=strength,
+        style_weights=_blend(kw["style_weights"], n_styles),  # type: ignore[arg-type]
+        optimizer=_choice("optimizer", kw["optimizer"], OPTIMIZERS),
+        init=_choice("init", kw["init"], INITS),
+        pooling=_choice("pooling", kw["pooling"], POOLINGS),
+        preserve_color=_choice("preserve_color", kw["preserve_color"], PRESERVE_COLORS),
+        style_scale=_number(
+            "style_scale", kw["style_scale"], LIMITS.min_style_scale, LIMITS.max_style_scale
+        ),
+        multiscale=_flag("multiscale", kw["multiscale"]),
+        seed=_integer("seed", seed, 0, LIMITS.max_seed),
+        weights=_choice("weights", kw["weights"], SOURCES),
+        device=_device(kw["device"]),
+        **overrides,
+    )

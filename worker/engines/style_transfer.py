@@ -1,0 +1,360 @@
+"""Neural style transfer (Gatys et al.) by optimising the image, coarse to fine.
+
+``stylize`` is the one entry point: keyword-only parameters (defaults in ``params.py``),
+a progress callback after every optimiser step, and a :class:`StyleResult` whose
+``metrics`` record everything needed to reproduce the image.
+
+Speed comes from doing few steps at full resolution: most of the budget goes to the small
+scales of a √2 pyramid, where a step costs a fraction of a full-size one, and each scale
+starts from the previous result upsampled.  Losses are relative errors (``losses.py``), so
+the same weights give the same look at every size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from . import imaging, planning
+from .errors import InvalidInput, OutOfMemory
+from .losses import (
+    ALL_LAYERS,
+    CONTENT_LAYER,
+    LossTerms,
+    Targets,
+    blend_grams,
+    loss_terms,
+    make_targets,
+)
+from .params import DEFAULTS, LIMITS, PRESETS, Preset, StyleParams, resolve_params
+from .style_targets import image_digest, style_grams
+from .weights import VGGFeatures, load_vgg19, weights_identity
+
+__all__ = ["DEFAULTS", "LIMITS", "PRESETS", "StyleProgress", "StyleResult", "stylize"]
+
+ADAM_LR = 0.02  # in 0–1 pixel units: ~5 grey levels per step at the start
+EMA_BETA = 0.9  # iterate averaging (Adam only): smooths its step-to-step jitter
+PRECISIONS = ("auto", "fp32", "bf16")
+MIN_SIDE = 16  # four 2x poolings before relu5_1 must leave at least one pixel
+
+
+@dataclass(frozen=True)
+class StyleProgress:
+    """One optimiser step, as reported to the callback.
+
+    ``image()`` renders the current iterate only when asked: a worker saves a preview every
+    few seconds and must not pay for a GPU→PIL conversion on every step.  It renders the
+    state at call time, so call it from inside the callback.
+    """
+
+    step: int
+    total: int
+    scale: int
+    scales: int
+    loss: float
+    elapsed: float
+    _render: Callable[[], Image.Image] = field(repr=False, compare=False)
+
+    def image(self) -> Image.Image:
+        return self._render()
+
+
+@dataclass
+class StyleResult:
+    image: Image.Image
+    seed: int
+    metrics: dict
+
+
+@dataclass
+class _Style:
+    image: Image.Image
+    weight: float
+    digest: str
+
+
+@dataclass
+class _Job:
+    """State shared by the scales of one ``stylize`` call."""
+
+    params: StyleParams
+    preset: Preset
+    net: VGGFeatures
+    device: torch.device
+    bf16: bool
+    content: Image.Image
+    content_digest: str
+    styles: list[_Style]
+    callback: Callable[[StyleProgress], None] | None
+    started: float
+    total: int
+    step: int = 0
+    terms: LossTerms | None = None
+    spare_bytes: int = 0
+
+    @property
+    def luminance(self) -> bool:
+        return self.params.preserve_color == "luminance"
+
+    def features(self, image: torch.Tensor, layers: frozenset[str] = ALL_LAYERS
+                 ) -> dict[str, torch.Tensor]:
+        if image.shape[1] == 1:  # luminance-only run: VGG sees a gray RGB image
+            image = image.expand(-1, 3, -1, -1)
+        if self.device.type == "cuda":
+            image = image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.net(image, layers)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInput("device cuda was requested but no CUDA GPU is available", "device")
+    return torch.device(name)
+
+
+def _use_bf16(device: torch.device, precision: str) -> bool:
+    if precision not in PRECISIONS:
+        raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}", "precision")
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def _check_memory(dims: tuple[int, int], device: torch.device, bf16: bool) -> int:
+    """Refuse sizes the device cannot hold, before spending any time; return spare bytes."""
+    need = planning.estimate_bytes(*dims, bf16=bf16)
+    free = planning.available_bytes(device)
+    if need > 0.9 * free:
+        per_px = (need - planning.estimate_bytes(0, 0, bf16)) / (dims[0] * dims[1])
+        fit = int(max(free * 0.9 - planning.estimate_bytes(0, 0, bf16), 0) / per_px) ** 0.5
+        raise OutOfMemory(
+            f"a {dims[0]}x{dims[1]} output needs about {need / 2**30:.1f} GiB on {device} "
+            f"but only {free / 2**30:.1f} GiB is free; choose size <= {int(fit)} or a "
+            "device with more memory"
+        )
+    return int(free - need)
+
+
+def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Tensor]:
+    """Content features and blended style Grams at one scale, plus the content tensor."""
+    content = imaging.to_tensor(imaging.resize(job.content, dims), job.device)
+    source = imaging.luminance(content) if job.luminance else content
+    with torch.no_grad():
+        content_feats = job.features(source, frozenset((CONTENT_LAYER,)))[CONTENT_LAYER]
+    per_style = []
+    side = max(16, round(job.params.style_scale * max(dims)))
+    for style in job.styles:
+        sdims = imaging.fit_long_side(*style.image.size, side)
+        if min(sdims) < MIN_SIDE:  # a very elongated style: keep relu5_1 non-empty
+            sdims = imaging.fit_long_side(*style.image.size, side * MIN_SIDE // min(sdims) + 1)
+        color = job.params.preserve_color
+        key = (style.digest, job.content_digest if color != "none" else None, color, sdims,
+               job.params.weights, job.params.pooling, str(job.device), job.bf16)
+
+        def make_input(style: _Style = style, sdims: tuple[int, int] = sdims) -> torch.Tensor:
+            x = imaging.to_tensor(imaging.resize(style.image, sdims), job.device)
+            if job.params.preserve_color == "statistics":
+                return imaging.match_color_statistics(x, content)
+            if job.luminance:
+                return imaging.match_luminance(imaging.luminance(x), source)
+            return x
+
+        per_style.append(style_grams(key, make_input, job.features))
+    weights = [s.weight for s in job.styles]
+    return make_targets(content_feats, blend_grams(per_style, weights)), content
+
+
+def _initial(job: _Job, content: torch.Tensor) -> torch.Tensor:
+    channels = 1 if job.luminance else 3
+    shape = (1, channels, *content.shape[2:])
+    if job.params.init == "content":
+        return imaging.luminance(content) if job.luminance else content.clone()
+    if job.params.init == "gray":
+        return torch.full(shape, 0.5, device=job.device)
+    generator = torch.Generator().manual_seed(job.params.seed)
+    return torch.rand(shape, generator=generator).to(job.device)
+
+
+def _make_optimizer(job: _Job, image: torch.Tensor) -> torch.optim.Optimizer:
+    if job.params.optimizer == "adam":
+        return torch.optim.Adam([image], lr=ADAM_LR)
+    history = planning.lbfgs_history(image.numel(), job.spare_bytes)
+    # One function evaluation per step (no line search), as in Gatys et al.'s reference
+    # code; the tolerances are off so a run never stops silently before its step budget.
+    return torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=history,
+                             tolerance_grad=0.0, tolerance_change=0.0)
+
+
+def _optimise_scale(job: _Job, image: torch.Tensor, targets: Targets, content: torch.Tensor,
+                    steps: int, scale: int, scales: int) -> torch.Tensor:
+    """Run ``steps`` optimiser steps on one scale and return the (averaged) iterate."""
+    image = image.detach().clone().requires_grad_(True)
+    optimizer = _make_optimizer(job, image)
+    p = job.params
+    average = job.preset.average and p.optimizer == "adam"
+    ema = image.detach().clone() if average else None
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        terms = loss_terms(job.features(image), image, targets)
+        loss = p.content_weight * terms.content + p.style_weight * terms.style
+        loss = loss + p.tv_weight * terms.tv
+        loss.backward()
+        job.terms = LossTerms(terms.content.detach(), terms.style.detach(), terms.tv.detach())
+        return loss
+
+    def render() -> Image.Image:
+        return imaging.to_pil(_to_rgb(job, image.detach(), content))
+
+    for _ in range(steps):
+        loss = float(optimizer.step(closure).detach())
+        if p.optimizer == "adam":
+            with torch.no_grad():
+                image.clamp_(0, 1)
+        if ema is not None:
+            ema.lerp_(image.detach(), 1 - EMA_BETA)
+        job.step += 1
+        if job.callback is not None:
+            job.callback(StyleProgress(
+                step=job.step, total=job.total, scale=scale, scales=scales, loss=loss,
+                elapsed=time.perf_counter() - job.started, _render=render,
+            ))
+    return (ema if ema is not None else image).detach()
+
+
+def _to_rgb(job: _Job, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    if job.luminance:
+        return imaging.with_chroma(image, content).clamp(0, 1)
+    return image.clamp(0, 1)
+
+
+def _plan(params: StyleParams, preset: Preset, content: Image.Image
+          ) -> tuple[list[tuple[int, int]], list[int]]:
+    sides = planning.scale_sizes(params.size, params.multiscale, preset.min_scale)
+    dims = planning.scale_dims(content.size, sides)
+    if min(dims[-1]) < MIN_SIDE:
+        raise InvalidInput(
+            f"size {params.size} makes the output {dims[-1][0]}x{dims[-1][1]}; VGG19 needs "
+            f"at least {MIN_SIDE} px on the short side, so increase size", "size")
+    dims = [d for d in dims if min(d) >= MIN_SIDE]
+    dims = dims[-params.iterations:]  # never more scales than steps
+    return dims, planning.steps_per_scale(params.iterations, len(dims), preset.decay)
+
+
+def stylize(
+    content: Image.Image,
+    styles: Sequence[Image.Image],
+    *,
+    size: int = DEFAULTS.size,
+    iterations: int | None = None,
+    preset: str = DEFAULTS.preset,
+    strength: float = DEFAULTS.strength,
+    style_weights: Sequence[float] | None = None,
+    content_weight: float | None = None,
+    style_weight: float | None = None,
+    tv_weight: float | None = None,
+    optimizer: str = DEFAULTS.optimizer,
+    init: str = DEFAULTS.init,
+    pooling: str = DEFAULTS.pooling,
+    preserve_color: str = DEFAULTS.preserve_color,
+    style_scale: float = DEFAULTS.style_scale,
+    multiscale: bool = DEFAULTS.multiscale,
+    seed: int | None = None,
+    weights: str = DEFAULTS.weights,
+    device: str = DEFAULTS.device,
+    callback: Callable[[StyleProgress], None] | None = None,
+    precision: str = "auto",
+) -> StyleResult:
+    """Paint ``content`` in the style of ``styles``; see docs/API.md for each parameter.
+
+    Raises InvalidInput (bad parameter, named), OutOfMemory (refused up front or a CUDA
+    OOM), WeightsUnavailable (missing weight file); a Canceled raised by ``callback``
+    propagates unchanged.
+    """
+    started = time.perf_counter()
+    if isinstance(styles, Image.Image) or not isinstance(styles, Sequence):
+        raise InvalidInput("styles must be a sequence of PIL images", "styles")
+    params = resolve_params(
+        len(styles), size=size, iterations=iterations, preset=preset, strength=strength,
+        style_weights=style_weights, content_weight=content_weight, style_weight=style_weight,
+        tv_weight=tv_weight, optimizer=optimizer, init=init, pooling=pooling,
+        preserve_color=preserve_color, style_scale=style_scale, multiscale=multiscale,
+        seed=seed, weights=weights, device=device,
+    )
+    content_rgb = imaging.to_rgb(content, "content")
+    style_rgbs = [imaging.to_rgb(s, f"styles[{i}]") for i, s in enumerate(styles)]
+    dev = _resolve_device(params.device)
+    bf16 = _use_bf16(dev, precision)
+    preset_cfg = PRESETS[params.preset]
+    dims, steps = _plan(params, preset_cfg, content_rgb)
+    spare = _check_memory(dims[-1], dev, bf16)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        return _run(params, preset_cfg, content_rgb, style_rgbs, dev, bf16, dims, steps,
+                    spare, callback, started)
+    except torch.cuda.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        raise OutOfMemory(
+            f"ran out of GPU memory at {dims[-1][0]}x{dims[-1][1]} on {dev}; choose a smaller "
+            "size or retry when the GPU is less busy"
+        ) from exc
+
+
+def _run(params: StyleParams, preset: Preset, content: Image.Image, styles: list[Image.Image],
+         dev: torch.device, bf16: bool, dims: list[tuple[int, int]], steps: list[int],
+         spare: int, callback: Callable[[StyleProgress], None] | None,
+         started: float) -> StyleResult:
+    net = load_vgg19(params.weights, params.pooling, dev)
+    needs_content_key = params.preserve_color != "none"
+    job = _Job(
+        params=params, preset=preset, net=net, device=dev, bf16=bf16, content=content,
+        content_digest=image_digest(content) if needs_content_key else "",
+        styles=[_Style(img, w, image_digest(img))
+                for img, w in zip(styles, params.style_weights, strict=True) if w > 0],
+        callback=callback, started=started, total=sum(steps), spare_bytes=spare,
+    )
+    image: torch.Tensor | None = None
+    scale_log = []
+    for index, (scale_dims, scale_steps) in enumerate(zip(dims, steps, strict=True)):
+        t0 = time.perf_counter()
+        targets, content_t = _scale_targets(job, scale_dims)
+        if image is None:
+            image = _initial(job, content_t)
+        else:
+            image = F.interpolate(image, size=content_t.shape[2:], mode="bicubic",
+                                  align_corners=False).clamp(0, 1)
+        image = _optimise_scale(job, image, targets, content_t, scale_steps, index + 1,
+                                len(dims))
+        scale_log.append({"size": list(scale_dims), "steps": scale_steps,
+                          "seconds": round(time.perf_counter() - t0, 3)})
+    assert image is not None
+    output = imaging.to_pil(_to_rgb(job, image, content_t))
+    metrics = _metrics(job, scale_log, started)
+    return StyleResult(image=output, seed=params.seed, metrics=metrics)
+
+
+def _metrics(job: _Job, scale_log: list[dict], started: float) -> dict:
+    terms = job.terms
+    losses = {}
+    if terms is not None:
+        losses = {"content": float(terms.content), "style": float(terms.style),
+                  "tv": float(terms.tv)}
+    return {
+        "params": job.params.as_dict(),
+        "seed": job.params.seed,
+        "weights": weights_identity(job.params.weights),
+        "torch": torch.__version__,
+        "device": str(job.device),
+        "precision": "bf16" if job.bf16 else "fp32",
+        "scales": scale_log,
+        "losses": losses,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,153 @@
+"""``atelier stylize``: run the style engine locally, no queue, with a progress bar.
+
+Every option's default comes from ``worker.engines.params`` so the CLI, the web form and
+the engine cannot drift apart.  ``python -m worker.stylize_cli`` runs it standalone
+(benchmarks use that to time a whole job in a fresh process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from worker.engines.errors import Canceled, EngineError
+from worker.engines.params import (
+    DEFAULTS,
+    INITS,
+    OPTIMIZERS,
+    PRESERVE_COLORS,
+    PRESETS,
+)
+from worker.engines.style_transfer import PRECISIONS, StyleProgress, stylize
+from worker.engines.weights import POOLINGS, SOURCES
+
+BAR_WIDTH = 30
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the stylize options to ``parser`` (shared by the subcommand and ``main``)."""
+    d = DEFAULTS
+    parser.add_argument("content", type=Path, help="content image")
+    parser.add_argument("styles", type=Path, nargs="+", metavar="STYLE", help="style image(s)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output image (format from the extension)")
+    parser.add_argument("--size", type=int, default=d.size, help="long side of the output, px")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="total optimiser steps over all scales (default: from preset)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=d.preset)
+    parser.add_argument("--strength", type=float, default=d.strength,
+                        help="0 = content, 1 = style; size-independent")
+    parser.add_argument("--style-weights", type=_floats, default=None, metavar="W1,W2,...",
+                        help="blend weights, one per style (normalised)")
+    parser.add_argument("--content-weight", type=float, default=None, help="expert override")
+    parser.add_argument("--style-weight", type=float, default=None, help="expert override")
+    parser.add_argument("--tv-weight", type=float, default=None, help="expert override")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    parser.add_argument("--init", choices=INITS, default=d.init)
+    parser.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
+    parser.add_argument("--preserve-color", choices=PRESERVE_COLORS, default=d.preserve_color)
+    parser.add_argument("--style-scale", type=float, default=d.style_scale)
+    parser.add_argument("--no-multiscale", dest="multiscale", action="store_false",
+                        default=d.multiscale, help="optimise at the output size only")
+    parser.add_argument("--seed", type=int, default=None, help="default: random, recorded")
+    parser.add_argument("--weights", choices=SOURCES, default=d.weights)
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto = bf16 autocast on CUDA, fp32 elsewhere")
+    parser.add_argument("--metrics-json", type=Path, default=None,
+                        help="where to write metrics (default: OUTPUT with .json suffix)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``stylize`` on the ``atelier`` entry point's subparsers."""
+    parser = subparsers.add_parser(
+        "stylize", help="run style transfer locally (no queue)",
+        description="Neural style transfer on this machine, with a progress bar.",
+    )
+    configure(parser)
+    parser.set_defaults(func=run)
+
+
+class _Bar:
+    """A one-line \\r progress bar on stderr, redrawn at most ~10 times a second."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stderr  # looked up per run, so redirected stderr is honoured
+        self.last = 0.0
+
+    def __call__(self, p: StyleProgress) -> None:
+        now = time.monotonic()
+        if p.step != p.total and now - self.last < 0.1:
+            return
+        self.last = now
+        filled = round(BAR_WIDTH * p.step / p.total)
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        self.stream.write(f"\r[{bar}] {p.step}/{p.total} scale {p.scale}/{p.scales} "
+                          f"loss {p.loss:.4g} {p.elapsed:.1f}s")
+        if p.step == p.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _open(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the engine for parsed ``args``; returns a process exit code."""
+    try:
+        content = _open(args.content)
+        styles = [_open(path) for path in args.styles]
+    except (OSError, UnidentifiedImageError) as exc:
+        print(f"error (invalid_input): cannot read image: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = stylize(
+            content, styles, size=args.size, iterations=args.iterations, preset=args.preset,
+            strength=args.strength, style_weights=args.style_weights,
+            content_weight=args.content_weight, style_weight=args.style_weight,
+            tv_weight=args.tv_weight, optimizer=args.optimizer, init=args.init,
+            pooling=args.pooling, preserve_color=args.preserve_color,
+            style_scale=args.style_scale, multiscale=args.multiscale, seed=args.seed,
+            weights=args.weights, device=args.device, precision=args.precision,
+            callback=None if args.quiet else _Bar(),
+        )
+    except EngineError as exc:
+        print(f"\nerror ({exc.code}): {exc}", file=sys.stderr)
+        return 2 if exc.code == "invalid_input" else 1
+    except (KeyboardInterrupt, Canceled):
+        print("\ncanceled", file=sys.stderr)
+        return 130
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result.image.save(args.output)
+    metrics_path = args.metrics_json or args.output.with_suffix(".json")
+    metrics_path.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    if not args.quiet:
+        print(f"wrote {args.output} and {metrics_path} (seed {result.seed}, "
+              f"{result.metrics['seconds']:.1f}s)", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = configure(argparse.ArgumentParser(prog="stylize", description=__doc__))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
