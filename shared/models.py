@@ -69,6 +69,9 @@ class Job(Base):
     progress_loss: Mapped[float | None] = mapped_column()
     eta_seconds: Mapped[float | None] = mapped_column()
     preview_step: Mapped[int | None] = mapped_column(Integer)
+    # kind-specific live numbers (epoch, accuracy…) and a bounded series for curves
+    progress_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    progress_history: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     error_code: Mapped[str | None] = mapped_column(String(32))

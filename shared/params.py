@@ -17,7 +17,6 @@ from typing import Any
 from shared.errors import InputError
 from shared.settings import Settings
 
-KINDS = ("style_transfer",)
 COMMON_FIELDS = frozenset({"kind"})
 MIN_SIZE = 32
 MAX_STYLES = 8
@@ -117,13 +116,14 @@ STYLE_DEFAULTS: dict[str, Any] = {
 STYLE_FILE_FIELDS = frozenset({"content", "style"})
 
 
-def validate_kind(raw: str | None) -> str:
+def validate_kind(raw: str | None, kinds: tuple[str, ...]) -> str:
+    """The job kind, one of ``kinds`` (the kinds this server has handlers for)."""
     if raw is None or raw.strip() == "":
-        raise InputError("kind is required: use style_transfer", field="kind")
+        raise InputError(f"kind is required: use one of {', '.join(kinds)}", field="kind")
     kind = raw.strip()
-    if kind not in KINDS:
+    if kind not in kinds:
         raise InputError(
-            f"kind {kind!r} is not supported; use one of {', '.join(KINDS)}", field="kind"
+            f"kind {kind!r} is not supported; use one of {', '.join(kinds)}", field="kind"
         )
     return kind
 

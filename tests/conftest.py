@@ -77,19 +77,14 @@ def _create_pg_database() -> tuple[str, str]:
     return name, PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _drop_pg_database(name: str) -> None:
+def _drop_pg_database(name: str, url: str) -> None:
     import psycopg
 
     from shared.db import get_engine
 
-    for url in list(_ENGINES):
-        if url.endswith(f"/{name}"):
-            get_engine(url).dispose()
+    get_engine(url).dispose()  # close pooled connections before the database goes
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-_ENGINES: set[str] = set()
 
 
 @pytest.fixture
@@ -102,11 +97,10 @@ def fresh_db_url(request, tmp_path) -> Iterator[str]:
     if not pg_available():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
     name, url = _create_pg_database()
-    _ENGINES.add(url)
     try:
         yield url
     finally:
-        _drop_pg_database(name)
+        _drop_pg_database(name, url)
 
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

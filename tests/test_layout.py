@@ -70,10 +70,14 @@ def test_package_boundaries():
                     )
 
 
+MACHINE_PATHS = ["/" + "work/", "/" + "root/"]  # split so this file does not match itself
+
+
 def test_nothing_names_a_machine_path():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     for name in tracked.stdout.split():
         path = ROOT / name
         if path.is_file() and path.suffix in {".py", ".md", ".yml", ".toml", ".html", ".js", ""}:
             text = path.read_text(errors="ignore")
-            assert "/work/" not in text and "/root/" not in text, f"{name} names a machine path"
+            for marker in MACHINE_PATHS:
+                assert marker not in text, f"{name} names a machine path"

@@ -35,7 +35,7 @@ def create_job():
 
 
 def get_job_view(job_id: str):
-    return jsonify(job_to_dict(db.session(), _job_or_404(job_id)))
+    return jsonify(job_to_dict(db.session(), _job_or_404(job_id), history=True))
 
 
 bp.add_url_rule("/jobs/<job_id>", endpoint="get_job", view_func=get_job_view)

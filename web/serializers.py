@@ -28,6 +28,7 @@ def _progress(job: Job) -> dict[str, Any]:
         "stage": job.progress_stage,
         "eta_seconds": job.eta_seconds,
         "loss": job.progress_loss,
+        "detail": job.progress_detail,
     }
 
 
@@ -41,10 +42,11 @@ def _file(job: Job, item: JobFile) -> dict[str, Any]:
     }
 
 
-def job_to_dict(session: Session, job: Job) -> dict[str, Any]:
+def job_to_dict(session: Session, job: Job, *, history: bool = False) -> dict[str, Any]:
+    """The job object; ``history`` adds the progress series (single-job reads only)."""
     files = list(job.files)
     preview = next((f for f in files if f.role == "preview"), None)
-    return {
+    body = {
         "id": job.id,
         "kind": job.kind,
         "status": job.status,
@@ -72,3 +74,6 @@ def job_to_dict(session: Session, job: Job) -> dict[str, Any]:
             "web": url_for("pages.job_page", job_id=job.id),
         },
     }
+    if history:
+        body["progress"]["history"] = job.progress_history or []
+    return body

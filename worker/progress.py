@@ -17,6 +17,7 @@ from worker.engines.errors import Canceled
 
 PREVIEW_NAME = "preview.jpg"
 PREVIEW_MAX_SIDE = 512
+HISTORY_LIMIT = 500
 
 
 def save_preview(storage: Storage, job_id: str, image: Image.Image) -> StoredFile:
@@ -50,6 +51,7 @@ class ProgressReporter:
         self.started = clock()
         self.last_write = float("-inf")
         self.last_preview = clock()
+        self.history: list[dict[str, Any]] = []
 
     def report(
         self,
@@ -59,8 +61,14 @@ class ProgressReporter:
         stage: str | None,
         loss: float | None,
         image: Callable[[], Image.Image] | None = None,
+        detail: dict[str, Any] | None = None,
         force: bool = False,
     ) -> None:
+        """Write progress if the interval passed (or ``force``); raise Canceled if asked to.
+
+        ``detail`` holds kind-specific numbers (epoch, accuracy…); its numeric values go
+        into the history series with the step and loss, for the job page's curves.
+        """
         now = self.clock()
         if not force and now - self.last_write < self.settings.progress_interval:
             return
@@ -71,6 +79,8 @@ class ProgressReporter:
             "progress_stage": stage,
             "progress_loss": loss,
             "eta_seconds": self._eta(now, current, total),
+            "progress_detail": detail,
+            "progress_history": self._record(now, current, loss, detail),
         }
         preview = None
         if image is not None and now - self.last_preview >= self.settings.preview_interval:
@@ -83,6 +93,18 @@ class ProgressReporter:
             running, cancel = write_progress(session, self.job_id, values)
         if cancel or not running:
             raise Canceled("cancel requested" if cancel else "job is no longer running")
+
+    def _record(
+        self, now: float, current: int, loss: float | None, detail: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        point: dict[str, Any] = {"t": round(now - self.started, 2), "step": current, "loss": loss}
+        for key, value in (detail or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                point[key] = value
+        self.history.append(point)
+        if len(self.history) > HISTORY_LIMIT:  # keep the shape, halve the resolution
+            self.history = self.history[::2]
+        return list(self.history)
 
     def _eta(self, now: float, current: int, total: int) -> float | None:
         if current <= 0 or total <= 0:

@@ -30,6 +30,7 @@ from worker.progress import ProgressReporter, save_preview
 
 log = logging.getLogger(__name__)
 
+OUTPUT_ROLES = frozenset({"result", "preview", "thumbnail"})
 OUTPUT_TYPES = {
     "png": ("PNG", "image/png"),
     "jpeg": ("JPEG", "image/jpeg"),
@@ -67,7 +68,7 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
         with session_scope(settings.database_url) as session:
             job = session.get(Job, job_id)
             kind, params = job.kind, dict(job.params)
-            inputs = [(f.role, f.name) for f in job.files if f.role in ("content", "style")]
+            inputs = [(f.role, f.name) for f in job.files if f.role not in OUTPUT_ROLES]
         run = KIND_RUNNERS[kind]
         metrics = run(job_id, params, inputs, settings, storage)
         return _finish(settings, job_id, metrics)

@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("progress_loss", sa.Double(), nullable=True),
         sa.Column("eta_seconds", sa.Double(), nullable=True),
         sa.Column("preview_step", sa.Integer(), nullable=True),
+        sa.Column("progress_detail", sa.JSON(), nullable=True),
+        sa.Column("progress_history", sa.JSON(), nullable=True),
         sa.Column("metrics", sa.JSON(), nullable=True),
         sa.Column("error_code", sa.String(length=32), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),

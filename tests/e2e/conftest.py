@@ -34,7 +34,7 @@ def e2e_settings(request, tmp_path_factory, redis_url):
     migrate.upgrade(url)
     yield settings
     if name:
-        _drop_pg_database(name)
+        _drop_pg_database(name, url)
 
 
 @pytest.fixture(scope="package")

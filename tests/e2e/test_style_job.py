@@ -48,6 +48,9 @@ def test_submit_poll_download(live_server, e2e_worker):
     names = {o["name"] for o in done["outputs"]}
     assert {"result.png", "metrics.json"} <= names
     assert done["preview"] is not None
+    history = done["progress"]["history"]
+    assert history and all(p["loss"] is not None for p in history)
+    assert [p["step"] for p in history] == sorted(p["step"] for p in history)
 
     response = requests.get(live_server + done["urls"]["self"] + "/files/result.png", timeout=10)
     assert response.headers["Content-Type"] == "image/png"
