@@ -11,9 +11,6 @@ from shared import states
 from shared.models import Job
 from shared.timeutil import utcnow
 
-MAX_ATTEMPTS = 3
-
-
 def pending_dispatch(
     session: Session, *, grace_seconds: float = 5.0, limit: int = 100
 ) -> list[tuple[str, str]]:
@@ -29,7 +26,7 @@ def pending_dispatch(
 
 
 def reap_stale(
-    session: Session, *, timeout_seconds: float, max_attempts: int = MAX_ATTEMPTS
+    session: Session, *, timeout_seconds: float, max_attempts: int
 ) -> list[tuple[str, str]]:
     """Requeue (or fail, past the attempts cap) running jobs with no heartbeat for too long.
 
@@ -65,3 +62,18 @@ def reap_stale(
         ):
             moved.append((job_id, states.QUEUED))
     return moved
+
+
+def expired_jobs(session: Session, *, ttl_seconds: int, limit: int = 200) -> list[str]:
+    """Finished jobs older than the retention time (none when ttl is 0)."""
+    if ttl_seconds <= 0:
+        return []
+    cutoff = utcnow() - timedelta(seconds=ttl_seconds)
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status.in_(sorted(states.TERMINAL)), Job.finished_at < cutoff)
+            .order_by(Job.finished_at)
+            .limit(limit)
+        )
+    )

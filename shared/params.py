@@ -17,7 +17,7 @@ from typing import Any
 from shared.errors import InputError
 from shared.settings import Settings
 
-COMMON_FIELDS = frozenset({"kind"})
+COMMON_FIELDS = frozenset({"kind", "webhook", "webhook_events"})
 MIN_SIZE = 32
 MAX_STYLES = 8
 TRUE = {"1", "true", "yes", "on"}

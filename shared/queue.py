@@ -6,6 +6,8 @@ The web side enqueues by task *name*, so it never imports the worker or torch.
 from __future__ import annotations
 
 RUN_JOB_TASK = "atelier.run_job"
+NOTIFY_TASK = "atelier.notify_webhook"
+DELIVER_WEBHOOK_TASK = "atelier.deliver_webhook"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 
@@ -28,7 +30,11 @@ def celery_config(
         "task_soft_time_limit": soft_time_limit,
         "task_time_limit": time_limit,
         "task_default_queue": GPU_QUEUE,
-        "task_routes": {RUN_JOB_TASK: {"queue": GPU_QUEUE}},
+        "task_routes": {
+            RUN_JOB_TASK: {"queue": GPU_QUEUE},
+            NOTIFY_TASK: {"queue": CPU_QUEUE},
+            DELIVER_WEBHOOK_TASK: {"queue": CPU_QUEUE},
+        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_max_tasks_per_child": 50,

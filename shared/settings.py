@@ -1,7 +1,8 @@
 """Settings read once from ``ATELIER_*`` environment variables.
 
-Every process (web, worker, CLI) builds the same :class:`Settings` from its
-environment, so the embedded launcher only has to export variables to its children.
+Every field of :class:`Settings` is read from ``ATELIER_<FIELD NAME IN CAPITALS>``, so
+the embedded launcher only has to export variables to its children, and a new setting
+is one line here (plus a row in the README's table).
 """
 
 from __future__ import annotations
@@ -12,21 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 MIB = 1024 * 1024
-
-
-def _env(name: str, default: str | None) -> str | None:
-    value = os.environ.get(f"ATELIER_{name}")
-    return default if value is None or value == "" else value
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name, None)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"ATELIER_{name} must be an integer, got {raw!r}") from exc
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +26,9 @@ class Settings:
     redis_url: str | None = None
     storage_url: str = "file://var/storage"
     device: str = "auto"
+    # auth: "off" (one local user) or "token" (Bearer tokens, a login for the pages)
     auth: str = "off"
+    secret_key: str | None = None
     max_upload_bytes: int = 20 * MIB
     max_request_bytes: int = 64 * MIB
     max_pixels: int = 40_000_000
@@ -47,8 +37,18 @@ class Settings:
     soft_time_limit: int = 3600
     time_limit: int = 3900
     heartbeat_timeout: int = 60
+    max_attempts: int = 3
     progress_interval: float = 1.0
     preview_interval: float = 3.0
+    # quotas: per owner (queued + running, submits per minute) and for the whole queue
+    max_active_per_owner: int = 20
+    submit_rate_per_minute: int = 60
+    max_queued_total: int = 1000
+    # webhooks: HMAC secret, and whether loopback/private targets are allowed
+    webhook_secret: str | None = None
+    webhook_allow_private: bool = False
+    # results older than this many seconds are deleted (0 keeps them forever)
+    result_ttl: int = 7 * 24 * 3600
 
     @property
     def broker_url(self) -> str:
@@ -65,34 +65,48 @@ class Settings:
         """Redis redelivers unacked tasks after this; it must outlast the hard limit."""
         return self.time_limit + 300
 
+    def validate(self) -> Settings:
+        """Refuse combinations that would silently misbehave; returns self."""
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError("ATELIER_DEVICE must be auto, cpu, cuda or cuda:N")
+        if not self.soft_time_limit < self.time_limit:
+            raise ValueError("ATELIER_SOFT_TIME_LIMIT must be below ATELIER_TIME_LIMIT")
+        if self.auth not in ("off", "token"):
+            raise ValueError("ATELIER_AUTH must be off or token")
+        if self.max_attempts < 1:
+            raise ValueError("ATELIER_MAX_ATTEMPTS must be at least 1")
+        return self
+
+
+def _parse(name: str, kind: str, raw: str) -> object:
+    env = f"ATELIER_{name.upper()}"
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env} must be a number, got {raw!r}") from None
+    if kind == "bool":
+        if raw.strip().lower() in TRUE | FALSE:
+            return raw.strip().lower() in TRUE
+        raise ValueError(f"{env} must be true or false, got {raw!r}")
+    if kind == "Path":
+        return Path(raw)
+    return raw
+
 
 def load_settings() -> Settings:
     """Build settings from the current environment (no caching; tests use this)."""
-    var_dir = Path(_env("VAR_DIR", "var"))
-    defaults = {f.name: f.default for f in fields(Settings)}
-    settings = Settings(
-        var_dir=var_dir,
-        database_url=_env("DATABASE_URL", f"sqlite:///{var_dir}/atelier.db"),
-        redis_url=_env("REDIS_URL", None),
-        storage_url=_env("STORAGE_URL", f"file://{var_dir}/storage"),
-        device=_env("DEVICE", "auto"),
-        auth=_env("AUTH", "off"),
-        max_upload_bytes=_env_int("MAX_UPLOAD_BYTES", defaults["max_upload_bytes"]),
-        max_request_bytes=_env_int("MAX_REQUEST_BYTES", defaults["max_request_bytes"]),
-        max_pixels=_env_int("MAX_PIXELS", defaults["max_pixels"]),
-        max_size=_env_int("MAX_SIZE", defaults["max_size"]),
-        max_iterations=_env_int("MAX_ITERATIONS", defaults["max_iterations"]),
-        soft_time_limit=_env_int("SOFT_TIME_LIMIT", defaults["soft_time_limit"]),
-        time_limit=_env_int("TIME_LIMIT", defaults["time_limit"]),
-        heartbeat_timeout=_env_int("HEARTBEAT_TIMEOUT", defaults["heartbeat_timeout"]),
-        progress_interval=float(_env("PROGRESS_INTERVAL", "1.0")),
-        preview_interval=float(_env("PREVIEW_INTERVAL", "3.0")),
-    )
-    if settings.device not in ("auto", "cpu", "cuda") and not settings.device.startswith("cuda:"):
-        raise ValueError("ATELIER_DEVICE must be auto, cpu, cuda or cuda:N")
-    if not settings.soft_time_limit < settings.time_limit:
-        raise ValueError("ATELIER_SOFT_TIME_LIMIT must be below ATELIER_TIME_LIMIT")
-    return settings
+    values: dict[str, object] = {}
+    for field in fields(Settings):
+        raw = os.environ.get(f"ATELIER_{field.name.upper()}")
+        if raw is not None and raw != "":
+            values[field.name] = _parse(field.name, str(field.type), raw)
+    var_dir = Path(values.get("var_dir", Settings.var_dir))
+    values.setdefault("database_url", f"sqlite:///{var_dir}/atelier.db")
+    values.setdefault("storage_url", f"file://{var_dir}/storage")
+    return Settings(**values).validate()
 
 
 @lru_cache(maxsize=1)

@@ -119,7 +119,7 @@ def make_settings(
         device="cpu",
         progress_interval=0.2,
         preview_interval=0.5,
-        **overrides,
+        **{"submit_rate_per_minute": 100_000, **overrides},
     )
 
 

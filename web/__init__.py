@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask
 
+from shared.secrets import persistent_secret
 from shared.settings import Settings, load_settings
 
 
@@ -14,23 +15,22 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     config = dict(test_config or {})
     settings: Settings = config.pop("ATELIER_SETTINGS", None) or load_settings()
-    if settings.auth != "off":
-        raise RuntimeError(
-            f"ATELIER_AUTH={settings.auth!r}: token authentication is not built yet; "
-            "use ATELIER_AUTH=off"
-        )
     app.config.update(
         ATELIER=settings,
+        SECRET_KEY=persistent_secret(settings, "secret_key"),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,
     )
     app.config.update(config)
 
-    from web import api, db, errors, health, pages, queue
+    from web import api, auth, db, errors, health, pages, queue
 
     db.init_app(app)
     queue.init_app(app)
     errors.init_app(app)
+    auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)

@@ -10,7 +10,7 @@ from shared.jobs import get_job, list_jobs
 from shared.models import Job
 from shared.storage import job_key, open_storage
 from web import db, queue
-from web.auth import current_owner
+from web.auth import current_owner, owner_filter
 from web.serializers import job_to_dict
 from web.submit import submit_job
 
@@ -19,7 +19,7 @@ MAX_LIMIT = 100
 
 
 def _job_or_404(job_id: str) -> Job:
-    job = get_job(db.session(), job_id, current_owner())
+    job = get_job(db.session(), job_id, owner_filter())
     if job is None:
         raise InputError(f"job {job_id} not found", status=404, code="not_found")
     return job
@@ -27,9 +27,15 @@ def _job_or_404(job_id: str) -> Job:
 
 @bp.post("/jobs")
 def create_job():
-    job = submit_job(request.form, request.files, current_owner(), db.settings())
+    job, created = submit_job(
+        request.form,
+        request.files,
+        current_owner(),
+        db.settings(),
+        idempotency_key=request.headers.get("Idempotency-Key"),
+    )
     response = jsonify(job_to_dict(db.session(), job))
-    response.status_code = 202
+    response.status_code = 202 if created else 200
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     return response
 
@@ -55,7 +61,7 @@ def list_jobs_view():
     try:
         rows, next_cursor = list_jobs(
             db.session(),
-            owner=current_owner(),
+            owner=owner_filter(),
             status=status,
             kind=request.args.get("kind") or None,
             limit=limit,
@@ -78,6 +84,8 @@ def cancel_job(job_id: str):
     session.commit()
     if was_queued and status == states.CANCELED:
         queue.revoke(job_id)
+        if job.webhook_url:
+            queue.notify(job_id, "completed")
     session.refresh(job)
     return jsonify(job_to_dict(session, job))
 

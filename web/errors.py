@@ -27,9 +27,13 @@ def _json(status: int, code: str, message: str, field: str | None = None):
 def init_app(app: Flask) -> None:
     @app.errorhandler(InputError)
     def input_error(exc: InputError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="atelier"'
         if _wants_json():
-            return jsonify(exc.as_dict()), exc.status
-        return render_template("error.html", message=exc.message, status=exc.status), exc.status
+            return jsonify(exc.as_dict()), exc.status, headers
+        page = render_template("error.html", message=exc.message, status=exc.status)
+        return page, exc.status, headers
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc):

@@ -9,7 +9,7 @@ from shared.jobs import get_job, list_jobs
 from shared.params import STYLE_DEFAULTS
 from shared.states import TERMINAL
 from web import db
-from web.auth import current_owner
+from web.auth import current_owner, owner_filter
 from web.serializers import job_to_dict
 from web.submit import submit_job
 
@@ -18,7 +18,7 @@ bp = Blueprint("pages", __name__)
 
 def _form(error: InputError | None = None, status: int = 200):
     session = db.session()
-    recent, _ = list_jobs(session, owner=current_owner(), limit=10)
+    recent, _ = list_jobs(session, owner=owner_filter(), limit=10)
     return (
         render_template(
             "index.html",
@@ -40,7 +40,7 @@ def index():
 @bp.post("/jobs")
 def submit():
     try:
-        job = submit_job(request.form, request.files, current_owner(), db.settings())
+        job, _ = submit_job(request.form, request.files, current_owner(), db.settings())
     except InputError as exc:
         return _form(exc, exc.status)
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
@@ -49,7 +49,7 @@ def submit():
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
     session = db.session()
-    job = get_job(session, job_id, current_owner())
+    job = get_job(session, job_id, owner_filter())
     if job is None:
         return render_template("error.html", message=f"job {job_id} not found", status=404), 404
     data = job_to_dict(session, job)

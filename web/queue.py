@@ -7,7 +7,7 @@ import logging
 from celery import Celery
 from flask import Flask, current_app
 
-from shared.queue import QUEUE_FOR_KIND, RUN_JOB_TASK, celery_config
+from shared.queue import CPU_QUEUE, NOTIFY_TASK, QUEUE_FOR_KIND, RUN_JOB_TASK, celery_config
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,14 @@ def enqueue(job_id: str, kind: str) -> bool:
     except Exception:  # broker down: the job row waits for the dispatcher
         log.warning("could not enqueue job %s; the dispatcher will retry", job_id, exc_info=True)
         return False
+
+
+def notify(job_id: str, event: str) -> None:
+    """Have a worker send a webhook event the web decided (a queued job canceled)."""
+    try:
+        client().send_task(NOTIFY_TASK, args=[job_id, event], queue=CPU_QUEUE, retry=False)
+    except Exception:
+        log.warning("could not queue the %s webhook of %s", event, job_id, exc_info=True)
 
 
 def revoke(job_id: str) -> None:

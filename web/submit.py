@@ -1,35 +1,93 @@
 """Turning a multipart submit into a stored, enqueued job — or an error and nothing else.
 
-Order matters: validate everything (the kind's handler), write the input files, commit
-the row, then enqueue. A failure before the commit removes the files, so bad input
-leaves nothing behind; a broker failure after it leaves the row for the dispatcher.
+Order matters: admission (rate, quotas), validate everything (the kind's handler), write
+the input files, commit the row, then enqueue. A failure before the commit removes the
+files, so bad input leaves nothing behind; a broker failure after it leaves the row for
+the dispatcher.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from werkzeug.datastructures import MultiDict
 
 from shared.errors import InputError
 from shared.jobs import add_job, mark_enqueued, new_job_id
 from shared.models import Job
 from shared.params import validate_kind
+from shared.quotas import check_admission
 from shared.settings import Settings
 from shared.storage import job_key, open_storage
+from shared.timeutil import utcnow
+from shared.webhooks import check_target, parse_events
 from web import db, queue
 from web.kinds import HANDLERS, SubmitContext
+from web.ratelimit import check_submit_rate
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+MAX_KEY = 255
 
 
-def submit_job(form: Mapping[str, str], files: MultiDict, owner: str, settings: Settings) -> Job:
-    """Validate, store, commit, enqueue; raises InputError for anything the client must fix."""
+def find_idempotent(owner: str, key: str | None) -> Job | None:
+    """The job this owner already submitted with ``key`` in the last 24 h, if any.
+
+    An older job keeps its row but gives up the key, so the key can be used again.
+    """
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY:
+        raise InputError(f"Idempotency-Key must be 1-{MAX_KEY} characters", field="Idempotency-Key")
+    session = db.session()
+    cutoff = utcnow() - IDEMPOTENCY_WINDOW
+    session.execute(
+        update(Job)
+        .where(Job.owner == owner, Job.idempotency_key == key, Job.created_at < cutoff)
+        .values(idempotency_key=None)
+    )
+    session.commit()
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def _webhook(form: Mapping[str, str], settings: Settings) -> tuple[str | None, str | None]:
+    url = (form.get("webhook") or "").strip()
+    if not url:
+        if form.get("webhook_events"):
+            raise InputError("webhook_events needs a webhook URL", field="webhook_events")
+        return None, None
+    events = parse_events(form.get("webhook_events"))
+    check_target(url, allow_private=settings.webhook_allow_private)
+    return url, events
+
+
+def submit_job(
+    form: Mapping[str, str],
+    files: MultiDict,
+    owner: str,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Validate, store, commit, enqueue; returns (job, created).
+
+    Raises InputError for anything the client must fix. With an Idempotency-Key seen
+    before, returns the first job and ``created=False``.
+    """
+    existing = find_idempotent(owner, idempotency_key)
+    if existing is not None:
+        return existing, False
+    check_submit_rate(owner, settings)
+    session = db.session()
+    check_admission(session, owner, settings)
     kind = validate_kind(form.get("kind"), tuple(HANDLERS))
     handler = HANDLERS[kind]
     unknown = set(files.keys()) - set(handler.file_fields)
     if unknown:
         name = sorted(unknown)[0]
         raise InputError(f"unknown file field {name!r} for {kind}", field=name)
-    session = db.session()
+    webhook_url, webhook_events = _webhook(form, settings)
     prepared = handler.prepare(SubmitContext(form, files, owner, settings, session))
 
     job_id = new_job_id()
@@ -45,7 +103,16 @@ def submit_job(form: Mapping[str, str], files: MultiDict, owner: str, settings: 
             params=prepared.params,
             files=[stored for stored, _ in prepared.inputs],
         )
+        job.idempotency_key = idempotency_key
+        job.webhook_url, job.webhook_events = webhook_url, webhook_events
         session.commit()
+    except IntegrityError:
+        session.rollback()
+        storage.delete_prefix(f"jobs/{job_id}")
+        winner = find_idempotent(owner, idempotency_key)
+        if winner is None:
+            raise
+        return winner, False  # a concurrent submit with the same key won
     except Exception:
         session.rollback()
         storage.delete_prefix(f"jobs/{job_id}")
@@ -53,4 +120,4 @@ def submit_job(form: Mapping[str, str], files: MultiDict, owner: str, settings: 
     if queue.enqueue(job_id, kind):
         mark_enqueued(session, job_id)
         session.commit()
-    return job
+    return job, True

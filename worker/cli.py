@@ -11,6 +11,7 @@ import threading
 
 from shared import migrate
 from shared.settings import load_settings
+from worker.stylize_cli import add_parser as add_stylize
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -94,6 +95,38 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    from shared.db import session_scope
+    from shared.tokens import create_token, list_tokens, revoke_token
+
+    url = load_settings().database_url
+    with session_scope(url) as session:
+        if args.action == "create":
+            if not args.value:
+                print("atelier token create needs an OWNER", file=sys.stderr)
+                return 2
+            try:
+                row, plain = create_token(session, args.value, "admin" if args.admin else "user")
+            except ValueError as exc:
+                print(f"atelier token create: {exc}", file=sys.stderr)
+                return 2
+            print(plain)
+            print(
+                f"token {row.id} for {row.owner} ({row.role}); it is shown only once",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            if not args.value or revoke_token(session, args.value) == 0:
+                print("no live token matches; give an id, a prefix or the token", file=sys.stderr)
+                return 1
+            print("revoked", file=sys.stderr)
+        else:
+            for row in list_tokens(session):
+                state = "revoked" if row.revoked_at else "live"
+                print(f"{row.id}\t{row.prefix}…\t{row.owner}\t{row.role}\t{state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,12 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("revision", nargs="?")
     db.set_defaults(func=_cmd_db)
 
-    try:
-        from worker.stylize_cli import add_parser as add_stylize
-    except ImportError:  # engine not installed yet
-        pass
-    else:
-        add_stylize(sub)
+    token = sub.add_parser("token", help="API tokens: create OWNER [--admin], revoke ID, list")
+    token.add_argument("action", choices=("create", "revoke", "list"))
+    token.add_argument("value", nargs="?", help="owner (create) or id/prefix/token (revoke)")
+    token.add_argument("--admin", action="store_true", help="the token sees every owner's jobs")
+    token.set_defaults(func=_cmd_token)
+
+    add_stylize(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from shared.models import Job
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, job_key, open_storage
 from shared.timeutil import utcnow
+from worker import webhooks
 from worker.engines.errors import Canceled, EngineError
 from worker.progress import ProgressReporter, save_preview
 
@@ -71,13 +72,13 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
             inputs = [(f.role, f.name) for f in job.files if f.role not in OUTPUT_ROLES]
         run = KIND_RUNNERS[kind]
         metrics = run(job_id, params, inputs, settings, storage)
-        return _finish(settings, job_id, metrics)
+        status = _finish(settings, job_id, metrics)
     except Canceled:
-        return _end(settings, job_id, states.CANCELED)
+        status = _end(settings, job_id, states.CANCELED)
     except EngineError as exc:
-        return _fail(settings, job_id, exc.code, str(exc))
+        status = _fail(settings, job_id, exc.code, str(exc))
     except SoftTimeLimitExceeded:
-        return _fail(
+        status = _fail(
             settings,
             job_id,
             "timeout",
@@ -86,13 +87,16 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
         )
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        return _fail(
+        status = _fail(
             settings,
             job_id,
             "internal",
             f"internal error ({type(exc).__name__}: {exc}); the worker {worker} log has the "
             "traceback — please report it",
         )
+    if status in states.TERMINAL:
+        webhooks.notify(settings, job_id, "completed", retry=webhooks.schedule_retry)
+    return status
 
 
 def _end(settings: Settings, job_id: str, status: str, values: dict | None = None) -> str:
@@ -134,6 +138,14 @@ def _finish(settings: Settings, job_id: str, metrics: dict[str, Any]) -> str:
     )
 
 
+def mark_processing(settings: Settings, job_id: str) -> None:
+    """starting → processing once inputs are loaded; sends the ``start`` webhook."""
+    with session_scope(settings.database_url) as session:
+        moved = states.transition(session, job_id, states.PROCESSING, expect=states.STARTING)
+    if moved:
+        webhooks.notify(settings, job_id, "start")
+
+
 def _store_output(
     storage: Storage, job_id: str, name: str, data: bytes, role: str, content_type: str
 ) -> StoredFile:
@@ -157,8 +169,7 @@ def run_style_transfer(
 
     content = read(next(name for role, name in inputs if role == "content"))
     styles = [read(name) for role, name in inputs if role == "style"]
-    with session_scope(settings.database_url) as session:
-        states.transition(session, job_id, states.PROCESSING, expect=states.STARTING)
+    mark_processing(settings, job_id)
     reporter = ProgressReporter(job_id, settings, storage)
 
     def on_progress(progress: StyleProgress) -> None:

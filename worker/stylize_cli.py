@@ -41,16 +41,30 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = DEFAULTS
     parser.add_argument("content", type=Path, help="content image")
     parser.add_argument("styles", type=Path, nargs="+", metavar="STYLE", help="style image(s)")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="output image (format from the extension)")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output image (format from the extension)"
+    )
     parser.add_argument("--size", type=int, default=d.size, help="long side of the output, px")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="total optimiser steps over all scales (default: from preset)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="total optimiser steps over all scales (default: from preset)",
+    )
     parser.add_argument("--preset", choices=tuple(PRESETS), default=d.preset)
-    parser.add_argument("--strength", type=float, default=d.strength,
-                        help="0 = content, 1 = style; size-independent")
-    parser.add_argument("--style-weights", type=_floats, default=None, metavar="W1,W2,...",
-                        help="blend weights, one per style (normalised)")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=d.strength,
+        help="0 = content, 1 = style; size-independent",
+    )
+    parser.add_argument(
+        "--style-weights",
+        type=_floats,
+        default=None,
+        metavar="W1,W2,...",
+        help="blend weights, one per style (normalised)",
+    )
     parser.add_argument("--content-weight", type=float, default=None, help="expert override")
     parser.add_argument("--style-weight", type=float, default=None, help="expert override")
     parser.add_argument("--tv-weight", type=float, default=None, help="expert override")
@@ -59,15 +73,28 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
     parser.add_argument("--preserve-color", choices=PRESERVE_COLORS, default=d.preserve_color)
     parser.add_argument("--style-scale", type=float, default=d.style_scale)
-    parser.add_argument("--no-multiscale", dest="multiscale", action="store_false",
-                        default=d.multiscale, help="optimise at the output size only")
+    parser.add_argument(
+        "--no-multiscale",
+        dest="multiscale",
+        action="store_false",
+        default=d.multiscale,
+        help="optimise at the output size only",
+    )
     parser.add_argument("--seed", type=int, default=None, help="default: random, recorded")
     parser.add_argument("--weights", choices=SOURCES, default=d.weights)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto = bf16 autocast on CUDA, fp32 elsewhere")
-    parser.add_argument("--metrics-json", type=Path, default=None,
-                        help="where to write metrics (default: OUTPUT with .json suffix)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto = bf16 autocast on CUDA, fp32 elsewhere",
+    )
+    parser.add_argument(
+        "--metrics-json",
+        type=Path,
+        default=None,
+        help="where to write metrics (default: OUTPUT with .json suffix)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -75,7 +102,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``stylize`` on the ``atelier`` entry point's subparsers."""
     parser = subparsers.add_parser(
-        "stylize", help="run style transfer locally (no queue)",
+        "stylize",
+        help="run style transfer locally (no queue)",
         description="Neural style transfer on this machine, with a progress bar.",
     )
     configure(parser)
@@ -96,8 +124,10 @@ class _Bar:
         self.last = now
         filled = round(BAR_WIDTH * p.step / p.total)
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        self.stream.write(f"\r[{bar}] {p.step}/{p.total} scale {p.scale}/{p.scales} "
-                          f"loss {p.loss:.4g} {p.elapsed:.1f}s")
+        self.stream.write(
+            f"\r[{bar}] {p.step}/{p.total} scale {p.scale}/{p.scales} "
+            f"loss {p.loss:.4g} {p.elapsed:.1f}s"
+        )
         if p.step == p.total:
             self.stream.write("\n")
         self.stream.flush()
@@ -119,13 +149,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = stylize(
-            content, styles, size=args.size, iterations=args.iterations, preset=args.preset,
-            strength=args.strength, style_weights=args.style_weights,
-            content_weight=args.content_weight, style_weight=args.style_weight,
-            tv_weight=args.tv_weight, optimizer=args.optimizer, init=args.init,
-            pooling=args.pooling, preserve_color=args.preserve_color,
-            style_scale=args.style_scale, multiscale=args.multiscale, seed=args.seed,
-            weights=args.weights, device=args.device, precision=args.precision,
+            content,
+            styles,
+            size=args.size,
+            iterations=args.iterations,
+            preset=args.preset,
+            strength=args.strength,
+            style_weights=args.style_weights,
+            content_weight=args.content_weight,
+            style_weight=args.style_weight,
+            tv_weight=args.tv_weight,
+            optimizer=args.optimizer,
+            init=args.init,
+            pooling=args.pooling,
+            preserve_color=args.preserve_color,
+            style_scale=args.style_scale,
+            multiscale=args.multiscale,
+            seed=args.seed,
+            weights=args.weights,
+            device=args.device,
+            precision=args.precision,
             callback=None if args.quiet else _Bar(),
         )
     except EngineError as exc:
@@ -139,8 +182,11 @@ def run(args: argparse.Namespace) -> int:
     metrics_path = args.metrics_json or args.output.with_suffix(".json")
     metrics_path.write_text(json.dumps(result.metrics, indent=2) + "\n")
     if not args.quiet:
-        print(f"wrote {args.output} and {metrics_path} (seed {result.seed}, "
-              f"{result.metrics['seconds']:.1f}s)", file=sys.stderr)
+        print(
+            f"wrote {args.output} and {metrics_path} (seed {result.seed}, "
+            f"{result.metrics['seconds']:.1f}s)",
+            file=sys.stderr,
+        )
     return 0
 
 

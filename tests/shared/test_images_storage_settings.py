@@ -98,7 +98,7 @@ def test_settings_from_environment(monkeypatch):
     assert settings.max_size == 1024 and settings.redis_url is None
     assert settings.soft_time_limit < settings.time_limit < settings.visibility_timeout
     monkeypatch.setenv("ATELIER_MAX_SIZE", "big")
-    with pytest.raises(ValueError, match="ATELIER_MAX_SIZE"):
+    with pytest.raises(ValueError, match="ATELIER_MAX_SIZE must be a number"):
         load_settings()
     monkeypatch.setenv("ATELIER_MAX_SIZE", "1024")
     monkeypatch.setenv("ATELIER_DEVICE", "tpu")

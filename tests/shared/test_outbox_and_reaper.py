@@ -17,13 +17,12 @@ from shared.jobs import add_job, new_job_id
 from shared.models import Job
 from shared.timeutil import utcnow
 from tests.conftest import BACKENDS, tiny_png
-from worker.dispatcher import sweep_once
+from worker.dispatcher import make_sender, sweep_once
 from worker.embedded import free_port
 
 
 def test_submit_while_broker_down_is_accepted_then_dispatched(settings):
     from web import create_app
-    from web.queue import make_client
 
     down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     client = create_app({"ATELIER_SETTINGS": down, "TESTING": True}).test_client()
@@ -44,13 +43,7 @@ def test_submit_while_broker_down_is_accepted_then_dispatched(settings):
 
     broker = redis.Redis.from_url(settings.redis_url)
     before = broker.llen("gpu")
-    celery = make_client(settings)
-    sent = sweep_once(
-        settings,
-        lambda jid, queue: celery.send_task(
-            "atelier.run_job", args=[jid], queue=queue, task_id=jid
-        ),
-    )
+    sent = sweep_once(settings, make_sender(settings))
     assert sent == 1 and broker.llen("gpu") == before + 1
     with session_scope(settings.database_url) as session:
         assert session.get(Job, job_id).enqueued_at is not None
@@ -80,7 +73,7 @@ def test_reaper_requeues_then_gives_up(settings):
     with session_scope(url) as session:
         session.execute(update(Job).where(Job.id == fresh).values(heartbeat_at=utcnow()))
     with session_scope(url) as session:
-        moved = dict(reap_stale(session, timeout_seconds=60))
+        moved = dict(reap_stale(session, timeout_seconds=60, max_attempts=3))
     assert moved == {retry: "queued", exhausted: "failed"}
     with session_scope(url) as session:
         requeued = session.get(Job, retry)
