@@ -133,6 +133,16 @@ def write_progress(session: Session, job_id: str, values: dict[str, Any]) -> tup
     return result.rowcount == 1, cancel is not None
 
 
+def touch_running(session: Session, job_id: str) -> None:
+    """Heartbeat only, for a running job."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(sorted(RUNNING)))
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 def add_file(session: Session, job_id: str, stored: StoredFile) -> None:
     """Record (or refresh) an output file row; re-runs overwrite rather than duplicate."""
     existing = session.scalar(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,11 +12,12 @@ from typing import Any
 from PIL import Image
 
 from shared.db import session_scope
-from shared.jobs import StoredFile, add_file, write_progress
+from shared.jobs import StoredFile, add_file, touch_running, write_progress
 from shared.settings import Settings
 from shared.storage import Storage, job_key
 from worker.engines.errors import Canceled
 
+log = logging.getLogger(__name__)
 PREVIEW_NAME = "preview.jpg"
 PREVIEW_MAX_SIDE = 512
 HISTORY_LIMIT = 500
@@ -111,3 +114,37 @@ class ProgressReporter:
             return None
         elapsed = now - self.started
         return round(elapsed / current * (total - current), 1)
+
+
+class Heartbeat:
+    """Touches the job's heartbeat from a background thread while the job runs.
+
+    Progress writes also heartbeat, but a long phase without steps (loading weights,
+    computing style targets at a large size) must not look like a dead worker. If the
+    process dies, the thread dies with it and the reaper takes over.
+    """
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.interval = max(0.5, settings.heartbeat_timeout / 4)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    touch_running(session, self.job_id)
+            except Exception:  # a missed beat is retried; the reaper's timeout has slack
+                log.warning("heartbeat of %s failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)

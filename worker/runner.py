@@ -27,7 +27,7 @@ from shared.storage import Storage, job_key, open_storage
 from shared.timeutil import utcnow
 from worker import webhooks
 from worker.engines.errors import Canceled, EngineError
-from worker.progress import ProgressReporter, save_preview
+from worker.progress import Heartbeat, ProgressReporter, save_preview
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
             kind, params = job.kind, dict(job.params)
             inputs = [(f.role, f.name) for f in job.files if f.role not in OUTPUT_ROLES]
         run = KIND_RUNNERS[kind]
-        metrics = run(job_id, params, inputs, settings, storage)
+        with Heartbeat(settings, job_id):
+            metrics = run(job_id, params, inputs, settings, storage)
         status = _finish(settings, job_id, metrics)
     except Canceled:
         status = _end(settings, job_id, states.CANCELED)
