@@ -11,6 +11,7 @@ from shared import states
 from shared.models import Job
 from shared.timeutil import utcnow
 
+
 def pending_dispatch(
     session: Session, *, grace_seconds: float = 5.0, limit: int = 100
 ) -> list[tuple[str, str]]:

@@ -13,13 +13,25 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.db import session_scope
 from shared.errors import InputError
 from shared.models import Job
+from shared.secrets import persistent_secret
+from shared.settings import Settings
 from shared.timeutil import isoformat
+
+log = logging.getLogger(__name__)
+TIMEOUT = 5
 
 EVENTS = ("start", "completed")
 MAX_URL = 2000
@@ -102,3 +114,69 @@ def payload(job: Job, event: str) -> dict[str, Any]:
 
 def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+DELIVERED, FAILED, REFUSED = "delivered", "failed", "refused"
+
+
+def deliver(settings: Settings, url: str, body: bytes, event: str, delivery: str) -> str:
+    """POST once: DELIVERED on a 2xx answer, FAILED (worth retrying) or REFUSED (never)."""
+    try:
+        check_target(url, allow_private=settings.webhook_allow_private)
+    except InputError as exc:
+        log.warning("webhook %s refused: %s", urlsplit(url).hostname, exc.message)
+        return REFUSED
+    timestamp = int(time.time())
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "atelier-webhook/1",
+            "Atelier-Event": event,
+            "Atelier-Delivery": delivery,
+            "Atelier-Signature": sign(
+                persistent_secret(settings, "webhook_secret"), timestamp, body
+            ),
+        },
+    )
+    try:
+        with _opener.open(request, timeout=TIMEOUT) as response:
+            return DELIVERED if 200 <= response.status < 300 else FAILED
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        log.info("webhook delivery %s failed: %s", delivery, exc)
+        return FAILED
+
+
+def wants(job: Job, event: str) -> bool:
+    return bool(job.webhook_url) and event in (job.webhook_events or "").split(",")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery try: what was sent where, and how it went."""
+
+    outcome: str
+    url: str
+    body: bytes
+    delivery: str
+
+
+def notify_once(settings: Settings, job_id: str, event: str) -> Attempt | None:
+    """Send ``event`` for the job if it asked for it (None when it did not)."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None or not wants(job, event):
+            return None
+        url, body = job.webhook_url, encode(payload(job, event))
+    delivery = uuid.uuid4().hex
+    return Attempt(deliver(settings, url, body, event, delivery), url, body, delivery)

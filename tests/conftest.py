@@ -124,18 +124,12 @@ def make_settings(
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return {
-        "ATELIER_VAR_DIR": str(settings.var_dir),
-        "ATELIER_DATABASE_URL": settings.database_url,
-        "ATELIER_REDIS_URL": settings.redis_url or "",
-        "ATELIER_STORAGE_URL": settings.storage_url,
-        "ATELIER_DEVICE": settings.device,
-        "ATELIER_PROGRESS_INTERVAL": str(settings.progress_interval),
-        "ATELIER_PREVIEW_INTERVAL": str(settings.preview_interval),
-        "ATELIER_HEARTBEAT_TIMEOUT": str(settings.heartbeat_timeout),
-        "ATELIER_SOFT_TIME_LIMIT": str(settings.soft_time_limit),
-        "ATELIER_TIME_LIMIT": str(settings.time_limit),
-    }
+    """Every setting as the ATELIER_* variable a child process reads it from."""
+    env = {}
+    for name in Settings.__dataclass_fields__:
+        value = getattr(settings, name)
+        env[f"ATELIER_{name.upper()}"] = "" if value is None else str(value)
+    return env
 
 
 @pytest.fixture

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from celery import Celery
 from flask import Flask, current_app
 
-from shared.queue import CPU_QUEUE, NOTIFY_TASK, QUEUE_FOR_KIND, RUN_JOB_TASK, celery_config
+from shared.queue import (
+    CPU_QUEUE,
+    DELIVER_WEBHOOK_TASK,
+    QUEUE_FOR_KIND,
+    RUN_JOB_TASK,
+    celery_config,
+)
 from shared.settings import Settings
+from shared.webhooks import FAILED, notify_once
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +58,29 @@ def enqueue(job_id: str, kind: str) -> bool:
 
 
 def notify(job_id: str, event: str) -> None:
-    """Have a worker send a webhook event the web decided (a queued job canceled)."""
-    try:
-        client().send_task(NOTIFY_TASK, args=[job_id, event], queue=CPU_QUEUE, retry=False)
-    except Exception:
-        log.warning("could not queue the %s webhook of %s", event, job_id, exc_info=True)
+    """Send a webhook event the web decided (a queued job canceled) from a thread.
+
+    The first try happens here, not in a worker queue where it could wait behind a long
+    job; a failed ``completed`` is handed to the workers for retries with backoff.
+    """
+    settings, celery = current_app.config["ATELIER"], client()
+
+    def send() -> None:
+        attempt = notify_once(settings, job_id, event)
+        if attempt is None or attempt.outcome != FAILED or event != "completed":
+            return
+        try:
+            celery.send_task(
+                DELIVER_WEBHOOK_TASK,
+                args=[attempt.url, attempt.body.decode(), event, attempt.delivery, 1],
+                queue=CPU_QUEUE,
+                countdown=2,
+                retry=False,
+            )
+        except Exception:
+            log.warning("could not queue the webhook retry of %s", job_id, exc_info=True)
+
+    threading.Thread(target=send, name=f"webhook-{job_id[:8]}", daemon=True).start()
 
 
 def revoke(job_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared.queue import DELIVER_WEBHOOK_TASK, NOTIFY_TASK, RUN_JOB_TASK
 from shared.settings import get_settings
+from shared.webhooks import FAILED, deliver
 from worker import webhooks
 from worker.celery_app import app
 from worker.runner import run_job as run_job_row
@@ -24,5 +25,6 @@ def notify_webhook(job_id: str, event: str) -> None:
 @app.task(name=DELIVER_WEBHOOK_TASK)
 def deliver_webhook(url: str, body: str, event: str, delivery: str, attempt: int) -> None:
     """One retry of a failed delivery; schedules the next one with a longer delay."""
-    if not webhooks.deliver(get_settings(), url, body.encode(), event, delivery):
+    outcome = deliver(get_settings(), url, body.encode(), event, delivery)
+    if outcome == FAILED:
         webhooks.schedule_retry(url, body.encode(), delivery, attempt + 1)

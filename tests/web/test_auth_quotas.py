@@ -133,11 +133,14 @@ def test_submit_rate_limit_answers_429_with_retry_after(settings):
 def test_active_job_quota_and_global_queue_cap(settings):
     capped = dataclasses.replace(settings, max_active_per_owner=1)
     client = create_app({"ATELIER_SETTINGS": capped}).test_client()
-    post = lambda: client.post(
-        "/api/v1/jobs",
-        data=_form(),  # noqa: E731
-        content_type="multipart/form-data",
-    )
+
+    def post():
+        return client.post(
+            "/api/v1/jobs",
+            data=_form(),
+            content_type="multipart/form-data",
+        )
+
     assert post().status_code == 202
     over = post()
     assert over.status_code == 429 and over.headers["Retry-After"]

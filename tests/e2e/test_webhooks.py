@@ -1,0 +1,136 @@
+"""Webhooks reach a receiver (the edge of the world, so a local stand-in), signed, retried."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from shared import migrate
+from shared.secrets import persistent_secret
+from shared.webhooks import verify
+from tests.conftest import WorkerProcess, make_settings, tiny_png, wait_for
+from web import create_app
+
+pytestmark = pytest.mark.slow
+
+
+class Receiver:
+    """Records deliveries; answers 500 to the first ``fail_first`` completed events."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.deliveries: list[dict] = []
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                record = {"headers": dict(self.headers), "body": body}
+                receiver.deliveries.append(record)
+                failing = self.headers["Atelier-Event"] == "completed" and receiver.fail_first > 0
+                if failing:
+                    receiver.fail_first -= 1
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [d["headers"]["Atelier-Event"] for d in self.deliveries]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook_env(tmp_path, fresh_db_url, redis_url):
+    settings = make_settings(tmp_path, fresh_db_url, redis_url, webhook_allow_private=True)
+    migrate.upgrade(settings.database_url)
+    worker = WorkerProcess(settings, "hooks", tmp_path / "hooks.log")
+    worker.wait_ready(settings)
+    yield settings
+    worker.stop()
+
+
+def _submit(settings, url: str, **fields):
+    client = create_app({"ATELIER_SETTINGS": settings}).test_client()
+    response = client.post(
+        "/api/v1/jobs",
+        data={
+            "kind": "style_transfer",
+            "content": (io.BytesIO(tiny_png()), "c.png"),
+            "style": (io.BytesIO(tiny_png()), "s.png"),
+            "size": "48",
+            "webhook": url,
+            **fields,
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.get_json()
+    return client, response.get_json()["id"]
+
+
+def test_start_and_completed_are_signed_and_completed_is_retried(hook_env):
+    receiver = Receiver(fail_first=1)
+    try:
+        _client, job_id = _submit(hook_env, receiver.url, iterations="3")
+        wait_for(lambda: receiver.events().count("completed") >= 2, timeout=120)
+    finally:
+        receiver.close()
+    assert receiver.events()[0] == "start"
+    secret = persistent_secret(hook_env, "webhook_secret")
+    completed = [d for d in receiver.deliveries if d["headers"]["Atelier-Event"] == "completed"]
+    for delivery in receiver.deliveries:
+        assert verify(secret, delivery["headers"]["Atelier-Signature"], delivery["body"])
+        assert not verify("wrong", delivery["headers"]["Atelier-Signature"], delivery["body"])
+    body = json.loads(completed[-1]["body"])
+    assert body["job"]["id"] == job_id and body["job"]["status"] == "succeeded"
+    assert "result.png" in {o["name"] for o in body["job"]["outputs"]}
+    # the retry is the same delivery, tried again
+    assert (
+        completed[0]["headers"]["Atelier-Delivery"] == completed[1]["headers"]["Atelier-Delivery"]
+    )
+
+
+def test_canceling_a_queued_job_sends_completed_only_when_asked(hook_env):
+    receiver = Receiver()
+    blocked = dataclasses.replace(hook_env)
+    try:
+        client, blocker = _submit(
+            blocked,
+            receiver.url,
+            iterations="2000",
+            size="96",
+            multiscale="false",
+            webhook_events="start",
+        )
+        wait_for(lambda: "start" in receiver.events(), timeout=60)
+        _client, queued = _submit(blocked, receiver.url, webhook_events="completed")
+        assert client.post(f"/api/v1/jobs/{queued}/cancel").get_json()["status"] == "canceled"
+        wait_for(lambda: "completed" in receiver.events(), timeout=60)
+        client.post(f"/api/v1/jobs/{blocker}/cancel")
+        wait_for(
+            lambda: client.get(f"/api/v1/jobs/{blocker}").get_json()["status"] == "canceled",
+            timeout=60,
+        )
+    finally:
+        receiver.close()
+    completed = [
+        json.loads(d["body"])
+        for d in receiver.deliveries
+        if d["headers"]["Atelier-Event"] == "completed"
+    ]
+    # the blocker asked for "start" only, so its cancel sent nothing more
+    assert [c["job"]["id"] for c in completed] == [queued]
+    assert completed[0]["job"]["status"] == "canceled"
