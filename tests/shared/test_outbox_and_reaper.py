@@ -81,3 +81,36 @@ def test_reaper_requeues_then_gives_up(settings):
         failed = session.get(Job, exhausted)
         assert failed.error_code == "attempts_exhausted" and failed.finished_at
         assert session.get(Job, fresh).status == "starting"
+
+
+def test_retention_deletes_old_finished_jobs_and_their_files(settings):
+    from shared.storage import job_key, open_storage
+    from worker.dispatcher import delete_expired
+
+    storage = open_storage(settings.storage_url)
+    url = settings.database_url
+    old, recent, running = new_job_id(), new_job_id(), new_job_id()
+    with session_scope(url) as session:
+        for job_id in (old, recent, running):
+            add_job(
+                session, job_id=job_id, kind="style_transfer", owner="local", params={}, files=[]
+            )
+            storage.put_bytes(job_key(job_id, "result.png"), b"png")
+    with session_scope(url) as session:
+        long_ago = utcnow() - timedelta(days=30)
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([old, recent]))
+            .values(status="succeeded", finished_at=utcnow())
+        )
+        session.execute(update(Job).where(Job.id == old).values(finished_at=long_ago))
+        session.execute(
+            update(Job).where(Job.id == running).values(status="processing", created_at=long_ago)
+        )
+    assert delete_expired(dataclasses.replace(settings, result_ttl=7 * 24 * 3600)) == 1
+    with session_scope(url) as session:
+        assert session.get(Job, old) is None
+        assert session.get(Job, recent) is not None and session.get(Job, running) is not None
+    assert not storage.exists(job_key(old, "result.png"))
+    assert storage.exists(job_key(recent, "result.png"))
+    assert delete_expired(dataclasses.replace(settings, result_ttl=0)) == 0  # 0 keeps forever

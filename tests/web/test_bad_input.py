@@ -60,6 +60,52 @@ CASES = [
     ({"kind": "style_transfer", "seed": "-1"}, _files(GOOD, GOOD), 400, "seed"),
     ({"kind": "style_transfer", "style_weights": "1,2"}, _files(GOOD, GOOD), 400, "style_weights"),
     ({"kind": "style_transfer", "colour": "red"}, _files(GOOD, GOOD), 400, "colour"),
+    ({"kind": "style_transfer", "style_scale": "0"}, _files(GOOD, GOOD), 400, "style_scale"),
+    ({"kind": "style_transfer", "content_weight": "-1"}, _files(GOOD, GOOD), 400, "content_weight"),
+    ({"kind": "style_transfer", "tv_weight": "inf"}, _files(GOOD, GOOD), 400, "tv_weight"),
+    (
+        {"kind": "style_transfer", "preserve_color": "sepia"},
+        _files(GOOD, GOOD),
+        400,
+        "preserve_color",
+    ),
+    ({"kind": "style_transfer", "init": "photo"}, _files(GOOD, GOOD), 400, "init"),
+    ({"kind": "style_transfer", "pooling": "min"}, _files(GOOD, GOOD), 400, "pooling"),
+    ({"kind": "style_transfer", "multiscale": "maybe"}, _files(GOOD, GOOD), 400, "multiscale"),
+    ({"kind": "style_transfer", "output_format": "gif"}, _files(GOOD, GOOD), 400, "output_format"),
+    ({"kind": "style_transfer", "style_weights": "a,b"}, _files(GOOD, GOOD), 400, "style_weights"),
+    ({"kind": "style_transfer", "style_weights": "0"}, _files(GOOD, GOOD), 400, "style_weights"),
+    ({"kind": "style_transfer", "preset": "ultra"}, _files(GOOD, GOOD), 400, "preset"),
+    ({"kind": "style_transfer", "weights": "imagenet21k"}, _files(GOOD, GOOD), 400, "weights"),
+    ({"kind": "style_transfer", "seed": "4294967296"}, _files(GOOD, GOOD), 400, "seed"),
+    (
+        {"kind": "style_transfer", "webhook_events": "start"},
+        _files(GOOD, GOOD),
+        400,
+        "webhook_events",
+    ),
+    ({"kind": "style_transfer", "content": "not-a-file"}, _files(style=GOOD), 400, "content"),
+    (
+        {"kind": "style_transfer", "mask": (io.BytesIO(GOOD), "m.png")},
+        _files(GOOD, GOOD),
+        400,
+        "mask",
+    ),
+    (
+        {
+            "kind": "style_transfer",
+            "content": [(io.BytesIO(GOOD), "a.png"), (io.BytesIO(GOOD), "b.png")],
+        },
+        _files(style=GOOD),
+        400,
+        "content",
+    ),
+    (
+        {"kind": "style_transfer", "style": [(io.BytesIO(GOOD), f"s{i}.png") for i in range(9)]},
+        _files(content=GOOD),
+        400,
+        "style",
+    ),
 ]
 
 
