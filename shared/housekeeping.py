@@ -78,3 +78,17 @@ def expired_jobs(session: Session, *, ttl_seconds: int, limit: int = 200) -> lis
             .limit(limit)
         )
     )
+
+
+def published_but_waiting(
+    session: Session, *, older_than_seconds: float, limit: int = 1000
+) -> list[tuple[str, str]]:
+    """Queued jobs whose message went out a while ago (candidates for a lost message)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    rows = session.execute(
+        select(Job.id, Job.kind)
+        .where(Job.status == states.QUEUED, Job.enqueued_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return [(row.id, row.kind) for row in rows]

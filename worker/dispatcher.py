@@ -2,31 +2,48 @@
 
 Each pass: requeue (or fail, past the attempts cap) running jobs whose worker stopped
 heartbeating; publish queued jobs the web could not hand to Redis; and, every minute,
-delete finished jobs past the retention time. So neither a broker outage nor a killed
+publish again queued jobs whose message Redis lost, and delete finished jobs past the
+retention time. So neither a broker outage nor a killed
 worker loses a job, and storage does not grow without bound.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 
+import redis
 from celery import Celery
+from sqlalchemy import update
 
 from shared.db import session_scope
-from shared.housekeeping import expired_jobs, pending_dispatch, reap_stale
+from shared.housekeeping import (
+    expired_jobs,
+    pending_dispatch,
+    published_but_waiting,
+    reap_stale,
+)
 from shared.jobs import mark_enqueued
 from shared.models import Job
-from shared.queue import CPU_QUEUE, NOTIFY_TASK, QUEUE_FOR_KIND, RUN_JOB_TASK, celery_config
+from shared.queue import (
+    CPU_QUEUE,
+    GPU_QUEUE,
+    NOTIFY_TASK,
+    QUEUE_FOR_KIND,
+    RUN_JOB_TASK,
+    celery_config,
+)
 from shared.settings import Settings
 from shared.states import FAILED
 from shared.storage import open_storage
+from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 Send = Callable[[str, list, str], None]  # (task name, args, queue)
-RETENTION_EVERY = 60.0
+SLOW_CHECKS_EVERY = 60.0
 
 
 def make_sender(settings: Settings) -> Send:
@@ -81,6 +98,45 @@ def dispatch(settings: Settings, send: Send) -> int:
     return published
 
 
+def _message_ids(client: redis.Redis) -> set[str]:
+    """Task ids of every run_job message Redis holds: waiting in a queue or unacked."""
+    ids: set[str] = set()
+    raws: list[bytes] = []
+    for queue in (GPU_QUEUE, CPU_QUEUE):
+        for key in client.scan_iter(match=f"{queue}*"):
+            if client.type(key) == b"list":
+                raws.extend(client.lrange(key, 0, -1))
+    for raw in client.hvals("unacked"):
+        try:
+            raws.append(json.dumps(json.loads(raw)[0]).encode())
+        except (ValueError, IndexError, TypeError):
+            continue
+    for raw in raws:
+        try:
+            ids.add(json.loads(raw)["headers"]["id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return ids
+
+
+def republish_lost(settings: Settings, send: Send, *, older_than: float = 30.0) -> int:
+    """Publish again queued jobs whose message Redis no longer has (a restart without
+    persistence, a flushed database). A duplicate is harmless: the claim is a CAS."""
+    with session_scope(settings.database_url) as session:
+        waiting = published_but_waiting(session, older_than_seconds=older_than)
+    if not waiting:
+        return 0
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=2)
+    present = _message_ids(client)
+    lost = [(job_id, kind) for job_id, kind in waiting if job_id not in present]
+    for job_id, kind in lost:
+        log.warning("job %s was queued but its message is gone; publishing it again", job_id)
+        send(RUN_JOB_TASK, [job_id], QUEUE_FOR_KIND.get(kind, GPU_QUEUE))
+        with session_scope(settings.database_url) as session:
+            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    return len(lost)
+
+
 def delete_expired(settings: Settings) -> int:
     """Remove finished jobs past ATELIER_RESULT_TTL: files first, then rows."""
     storage = open_storage(settings.storage_url)
@@ -95,24 +151,28 @@ def delete_expired(settings: Settings) -> int:
     return len(expired)
 
 
-def sweep_once(settings: Settings, send: Send, *, retention: bool = True) -> int:
-    """One pass of everything; returns how many jobs were published."""
+def sweep_once(settings: Settings, send: Send, *, slow_checks: bool = True) -> int:
+    """One pass; ``slow_checks`` adds lost-message recovery and retention (once a minute).
+
+    Returns how many jobs were published.
+    """
     reap(settings, send)
     published = dispatch(settings, send)
-    if retention:
+    if slow_checks:
+        published += republish_lost(settings, send)
         delete_expired(settings)
     return published
 
 
 def run_forever(settings: Settings, stop: threading.Event, interval: float = 2.0) -> None:
     send = make_sender(settings)
-    last_retention = 0.0
+    last_slow = 0.0
     while not stop.wait(interval):
         try:
             now = time.monotonic()
-            due = now - last_retention >= RETENTION_EVERY
-            sweep_once(settings, send, retention=due)
+            due = now - last_slow >= SLOW_CHECKS_EVERY
+            sweep_once(settings, send, slow_checks=due)
             if due:
-                last_retention = now
+                last_slow = now
         except Exception:
             log.exception("dispatcher pass failed; retrying")

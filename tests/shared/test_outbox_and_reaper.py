@@ -114,3 +114,22 @@ def test_retention_deletes_old_finished_jobs_and_their_files(settings):
     assert not storage.exists(job_key(old, "result.png"))
     assert storage.exists(job_key(recent, "result.png"))
     assert delete_expired(dataclasses.replace(settings, result_ttl=0)) == 0  # 0 keeps forever
+
+
+def test_a_message_lost_by_redis_is_published_again(settings):
+    from worker.dispatcher import republish_lost
+
+    broker = redis.Redis.from_url(settings.redis_url)
+    send = make_sender(settings)
+    job_id = new_job_id()
+    with session_scope(settings.database_url) as session:
+        add_job(session, job_id=job_id, kind="style_transfer", owner="local", params={}, files=[])
+    send("atelier.run_job", [job_id], "gpu")
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).values(enqueued_at=utcnow() - timedelta(seconds=60)))
+    assert republish_lost(settings, send) == 0  # its message is still there
+    broker.delete("gpu")  # what a Redis restart without persistence does
+    assert republish_lost(settings, send) == 1
+    assert broker.llen("gpu") == 1
+    assert republish_lost(settings, send, older_than=30) == 0  # just republished
+    broker.delete("gpu")
