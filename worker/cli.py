@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("revision", nargs="?")
     db.set_defaults(func=_cmd_db)
 
+    from worker.client_cli import add_parsers as add_client
+
+    add_client(sub)
     try:
         from worker.stylize_cli import add_parser as add_stylize
     except ImportError:  # engine not installed yet
