@@ -92,8 +92,7 @@ def to_svg(chart: Chart) -> str:
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-label="{chart.title} curve" data-chart="{chart.title}">',
-        f'<rect x="{PAD_LEFT}" y="{PAD_TOP}" width="{inner_w}" height="{inner_h}" '
-        'class="plot"/>',
+        f'<rect x="{PAD_LEFT}" y="{PAD_TOP}" width="{inner_w}" height="{inner_h}" class="plot"/>',
         f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + 10}" text-anchor="end">{_fmt(max(ys))}</text>',
         f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + inner_h}" text-anchor="end">'
         f"{_fmt(min(ys))}</text>",

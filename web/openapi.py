@@ -242,7 +242,10 @@ def _paths() -> dict[str, Any]:
                     ],
                     "discriminator": {"propertyName": "kind"},
                 },
-                "encoding": {"style": {"contentType": "image/*"}, "image": {"contentType": "image/*"}},
+                "encoding": {
+                    "style": {"contentType": "image/*"},
+                    "image": {"contentType": "image/*"},
+                },
             }
         },
     }

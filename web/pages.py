@@ -40,6 +40,7 @@ def filesize(count: int) -> str:
         count /= 1024
     return f"{count} bytes"  # pragma: no cover
 
+
 KINDS = (
     ("style_transfer", "Style transfer", "Paint a photo in the style of one or more images."),
     ("fine_tune", "Fine-tune", "Train an image classifier on your labelled folders."),
@@ -118,7 +119,9 @@ def _result_views(job: Job, data: dict[str, Any]) -> dict[str, Any]:
     if job.kind == "fine_tune":
         views["fine_tune"] = fine_tune_view(read_json_output(storage, job, "metrics.json"))
     elif job.kind == "predict":
-        views["predictions"] = predict_view(data, read_json_output(storage, job, "predictions.json"))
+        views["predictions"] = predict_view(
+            data, read_json_output(storage, job, "predictions.json")
+        )
     return views
 
 

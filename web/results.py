@@ -90,7 +90,9 @@ def fine_tune_view(metrics: Any) -> FineTuneView | None:
     confusion = _lookup(metrics, "confusion_matrix", "confusion")
     if not (
         isinstance(confusion, list)
-        and all(isinstance(r, list) and all(isinstance(v, int | float) for v in r) for r in confusion)
+        and all(
+            isinstance(r, list) and all(isinstance(v, int | float) for v in r) for r in confusion
+        )
     ):
         confusion = None
     if confusion and len(classes) != len(confusion):

@@ -50,6 +50,9 @@ class Client:
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
+    def close(self) -> None:
+        self.http.close()
+
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = path if path.startswith("http") else self.base_url + path
         response = self.http.request(method, url, timeout=self.timeout, **kwargs)
@@ -75,8 +78,7 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with ExitStack() as stack:
             parts = [
-                (field, (path.name, stack.enter_context(path.open("rb"))))
-                for field, path in files
+                (field, (path.name, stack.enter_context(path.open("rb")))) for field, path in files
             ]
             return self._request(
                 "POST",
@@ -329,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
         job_id = getattr(args, "id", None) or "the job"
         print(f"\natelier: stopped waiting; {job_id} keeps running", file=sys.stderr)
         return 130
+    finally:
+        client.close()
 
 
 def _token() -> str | None:

@@ -35,7 +35,9 @@ SCREENSHOTS = ROOT / "test-output" / "browser"
 @pytest.fixture(scope="package")
 def e2e_settings(tmp_path_factory, redis_url):
     tmp = tmp_path_factory.mktemp("browser")
-    settings = make_settings(tmp, f"sqlite:///{tmp}/atelier.db", redis_url, max_upload_bytes=MAX_UPLOAD)
+    settings = make_settings(
+        tmp, f"sqlite:///{tmp}/atelier.db", redis_url, max_upload_bytes=MAX_UPLOAD
+    )
     migrate.upgrade(settings.database_url)
     return settings
 

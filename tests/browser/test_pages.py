@@ -35,10 +35,14 @@ def job_count(base: str) -> int:
 def submit_style(page, base: str, *, size: int, iterations: int, extra: dict | None = None) -> str:
     """Fill the style form as a person would and start; returns the job id."""
     page.goto(base + "/")
-    page.set_input_files("#form-style_transfer input[name=content]",
-                         png_file("photo.png", tiny_png(96, 64, color=(30, 160, 60))))  # fmt: skip
-    page.set_input_files("#form-style_transfer input[name=style]",
-                         png_file("painting.png", tiny_png(64, 64, color=(220, 200, 20))))  # fmt: skip
+    page.set_input_files(
+        "#form-style_transfer input[name=content]",
+        png_file("photo.png", tiny_png(96, 64, color=(30, 160, 60))),
+    )
+    page.set_input_files(
+        "#form-style_transfer input[name=style]",
+        png_file("painting.png", tiny_png(64, 64, color=(220, 200, 20))),
+    )
     page.fill("#form-style_transfer input[name=size]", str(size))
     page.click("#form-style_transfer details.expert summary")
     page.fill("#form-style_transfer input[name=iterations]", str(iterations))
@@ -95,7 +99,7 @@ def test_bad_upload_shows_the_servers_error_next_to_the_field(page, live_server)
 
 
 def test_style_job_progress_preview_and_result(page, live_server, screenshots):
-    job_id = submit_style(page, live_server, size=96, iterations=40)
+    job_id = submit_style(page, live_server, size=64, iterations=16)
     page.wait_for_selector("#status.status-processing", timeout=60_000)
     page.wait_for_selector("#result:not([hidden])", timeout=30_000)  # the live preview
     page.wait_for_selector("#charts svg.chart polyline")  # the loss curve, drawn while it runs
@@ -107,7 +111,7 @@ def test_style_job_progress_preview_and_result(page, live_server, screenshots):
     assert page.get_attribute("#bar", "style").replace(" ", "") == "width:100.0%"
     result = page.locator("#result")
     assert result.get_attribute("src").endswith("/result.png")
-    assert result.evaluate("img => img.complete && img.naturalWidth") == 96
+    assert result.evaluate("img => img.complete && img.naturalWidth") == 64
     assert page.is_visible("#compare")  # before/after
     assert page.locator("#downloads a", has_text="result.png").count() == 1
     assert not page.is_visible("#cancel")
@@ -119,7 +123,7 @@ def test_style_job_progress_preview_and_result(page, live_server, screenshots):
 
 def test_cancel_a_running_job(page, live_server):
     job_id = submit_style(
-        page, live_server, size=96, iterations=3000, extra={"multiscale": "false"}
+        page, live_server, size=64, iterations=3000, extra={"multiscale": "false"}
     )
     page.wait_for_selector("#status.status-processing", timeout=60_000)
     page.click("#cancel")
