@@ -8,6 +8,7 @@ test checks the two name the same fields.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template
@@ -72,7 +73,12 @@ def _files(description: str, max_items: int | None = None) -> dict[str, Any]:
 def submit_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
     """One multipart body schema per job kind (API.md, "Submit")."""
     common = {
-        "webhook": {"type": "string", "format": "uri", "description": "called on events"},
+        "webhook": {
+            "type": "string",
+            "format": "uri",
+            "description": "URL called on the events below (refused by servers built without "
+            "webhook support)",
+        },
         "webhook_events": {"type": "string", "description": "comma list of start,completed"},
     }
     limit = f"at most {settings.max_upload_bytes} bytes and {settings.max_pixels} pixels"
@@ -451,6 +457,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
 def _field_rows(schema: dict[str, Any]) -> list[dict[str, Any]]:
     required = set(schema.get("required", []))
     rows = []
@@ -465,9 +475,10 @@ def _field_rows(schema: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": name,
                 "type": kind,
                 "choices": ", ".join(prop.get("enum", [])) or prop.get("const", ""),
-                "default": prop.get("default", ""),
+                "default": _show(prop.get("default", "")),
                 "required": name in required,
-                "notes": "; ".join(filter(None, [prop.get("description", ""), *bounds])),
+                "notes": "; ".join(filter(None, [prop.get("description", ""), *bounds]))
+                or item.get("description", ""),
             }
         )
     return rows

@@ -8,7 +8,7 @@
   const url = section.dataset.url;
   const $ = (id) => document.getElementById(id);
   const terminal = new Set(["succeeded", "failed", "canceled"]);
-  let historyLength = Number(section.dataset.history || 0);
+  let historyKey = section.dataset.history || "";
 
   function eta(seconds) {
     seconds = Math.round(seconds);
@@ -42,9 +42,11 @@
         $("result-caption").textContent = "preview at step " + job.preview.step;
       }
     }
-    const history = (p.history || []).length;
-    if (history !== historyLength) {
-      historyLength = history;
+    // the history is capped (and thinned) on the worker, so its length alone can repeat
+    const points = p.history || [];
+    const key = points.length ? points.length + ":" + points[points.length - 1].step : "";
+    if (key !== historyKey) {
+      historyKey = key;
       refreshCharts();
     }
   }
