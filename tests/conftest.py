@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from shared import migrate
 from shared.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCK_KEY = "atelier-test-lock"
 PG_ADMIN_URL = os.environ.get("ATELIER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -50,22 +52,34 @@ def redis_server() -> Iterator[str]:
         proc.wait(10)
 
 
-@pytest.fixture(scope="session")
-def redis_url(redis_server: str) -> Iterator[str]:
-    """An empty Redis database of our own (pub/sub channels are per-db in kombu too)."""
+@contextmanager
+def redis_database(server: str) -> Iterator[str]:
+    """An empty Redis database of our own, flushed afterwards.
+
+    Every worker a test starts gets its own database, so a worker left from another test
+    (or another test run on the same Redis) never takes this test's messages; kombu's
+    pub/sub channels are per database too.
+    """
     for db in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{redis_server}/{db}")
-        lock = f"atelier-test-lock-{db}"
-        if client.set(lock, os.getpid(), nx=True, ex=3600):
+        client = redis.Redis.from_url(f"{server}/{db}")
+        if client.set(LOCK_KEY, os.getpid(), nx=True, ex=3600):
             if client.dbsize() == 1:
                 break
-            client.delete(lock)
+            client.delete(LOCK_KEY)
+        client.close()
     else:
         pytest.fail("no free Redis database 1-15 for the tests")
     try:
-        yield f"{redis_server}/{db}"
+        yield f"{server}/{db}"
     finally:
         client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    with redis_database(redis_server) as url:
+        yield url
 
 
 def _create_pg_database() -> tuple[str, str]:

@@ -25,13 +25,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config)
 
-    from web import api, auth, db, errors, health, pages, queue
+    from web import api, auth, csrf, db, errors, health, openapi, pages, queue
 
     db.init_app(app)
     queue.init_app(app)
     errors.init_app(app)
     auth.init_app(app)
+    csrf.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
     return app

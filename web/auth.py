@@ -19,7 +19,7 @@ from flask import (
 
 from shared.errors import InputError
 from shared.tokens import Principal, principal_for_id, verify_token
-from web import db
+from web import csrf, db
 
 LOCAL_OWNER = "local"
 bp = Blueprint("auth", __name__)
@@ -101,6 +101,9 @@ def login():
 def logout():
     session.clear()
     return redirect(url_for("auth.login"), code=303)
+
+
+csrf.protect(bp)
 
 
 def init_app(app: Flask) -> None:

@@ -46,6 +46,7 @@ def job_to_dict(session: Session, job: Job, *, history: bool = False) -> dict[st
     """The job object; ``history`` adds the progress series (single-job reads only)."""
     files = list(job.files)
     preview = next((f for f in files if f.role == "preview"), None)
+    thumbnail = next((f for f in files if f.role == "thumbnail"), None)
     body = {
         "id": job.id,
         "kind": job.kind,
@@ -58,6 +59,7 @@ def job_to_dict(session: Session, job: Job, *, history: bool = False) -> dict[st
         "preview": (
             {"url": file_url(job, preview.name), "step": job.preview_step} if preview else None
         ),
+        "thumbnail": {"url": file_url(job, thumbnail.name)} if thumbnail else None,
         "outputs": [_file(job, f) for f in files if f.role == "result"],
         "metrics": job.metrics or {"attempts": job.attempts},
         "error": (

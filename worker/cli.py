@@ -11,6 +11,7 @@ import threading
 
 from shared import migrate
 from shared.settings import load_settings
+from worker.client_cli import add_parsers as add_client
 from worker.stylize_cli import add_parser as add_stylize
 
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--admin", action="store_true", help="the token sees every owner's jobs")
     token.set_defaults(func=_cmd_token)
 
+    add_client(sub)
     add_stylize(sub)
     return parser
 

@@ -20,17 +20,30 @@ from worker.engines.errors import Canceled
 log = logging.getLogger(__name__)
 PREVIEW_NAME = "preview.jpg"
 PREVIEW_MAX_SIDE = 512
+THUMBNAIL_NAME = "thumbnail.jpg"
+THUMBNAIL_MAX_SIDE = 256
 HISTORY_LIMIT = 500
+
+
+def _save_jpeg(
+    storage: Storage, job_id: str, image: Image.Image, name: str, role: str, side: int
+) -> StoredFile:
+    small = image.convert("RGB")
+    small.thumbnail((side, side))
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=85)
+    size = storage.put_bytes(job_key(job_id, name), buffer.getvalue())
+    return StoredFile(role, name, "image/jpeg", size)
 
 
 def save_preview(storage: Storage, job_id: str, image: Image.Image) -> StoredFile:
     """A small JPEG of the current image, overwritten in place."""
-    preview = image.copy()
-    preview.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
-    buffer = io.BytesIO()
-    preview.save(buffer, "JPEG", quality=85)
-    size = storage.put_bytes(job_key(job_id, PREVIEW_NAME), buffer.getvalue())
-    return StoredFile("preview", PREVIEW_NAME, "image/jpeg", size)
+    return _save_jpeg(storage, job_id, image, PREVIEW_NAME, "preview", PREVIEW_MAX_SIDE)
+
+
+def save_thumbnail(storage: Storage, job_id: str, image: Image.Image) -> StoredFile:
+    """The gallery's picture of a finished job: small enough for a page of dozens."""
+    return _save_jpeg(storage, job_id, image, THUMBNAIL_NAME, "thumbnail", THUMBNAIL_MAX_SIDE)
 
 
 class ProgressReporter:

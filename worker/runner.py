@@ -27,7 +27,7 @@ from shared.storage import Storage, job_key, open_storage
 from shared.timeutil import utcnow
 from worker import webhooks
 from worker.engines.errors import Canceled, EngineError
-from worker.progress import Heartbeat, ProgressReporter, save_preview
+from worker.progress import Heartbeat, ProgressReporter, save_preview, save_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,7 @@ def run_style_transfer(
             "application/json",
         ),
         save_preview(storage, job_id, result.image),
+        save_thumbnail(storage, job_id, result.image),
     ]
     with session_scope(settings.database_url) as session:
         for stored in outputs:

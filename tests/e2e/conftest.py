@@ -17,11 +17,19 @@ from tests.conftest import (
     _drop_pg_database,
     make_settings,
     pg_available,
+    redis_database,
 )
 
 
+@pytest.fixture(scope="package")
+def e2e_redis_url(redis_server) -> Iterator[str]:
+    with redis_database(redis_server) as url:
+        yield url
+
+
 @pytest.fixture(scope="package", params=BACKENDS)
-def e2e_settings(request, tmp_path_factory, redis_url):
+def e2e_settings(request, tmp_path_factory, e2e_redis_url):
+    redis_url = e2e_redis_url
     tmp = tmp_path_factory.mktemp(f"e2e-{request.param}")
     name = None
     if request.param == "sqlite":

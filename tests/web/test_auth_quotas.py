@@ -36,6 +36,12 @@ def token_app(settings):
     return create_app({"ATELIER_SETTINGS": dataclasses.replace(settings, auth="token")})
 
 
+def _login(client, token: str, query: str = ""):
+    client.get("/login")  # sets the CSRF cookie
+    csrf = client.get_cookie("atelier_csrf").value
+    return client.post(f"/login{query}", data={"token": token, "csrf_token": csrf})
+
+
 def _auth(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
@@ -76,7 +82,7 @@ def test_another_owners_job_is_404_everywhere(token_app, settings):
     with client.get(f"/api/v1/jobs/{job_id}/files/content.png", headers=_auth(admin)) as file:
         assert file.status_code == 200
     # pages: bob logs in and still sees nothing of ann's
-    assert client.post("/login", data={"token": bob}).status_code == 303
+    assert _login(client, bob).status_code == 303
     assert client.get(f"/jobs/{job_id}").status_code == 404
 
 
@@ -84,11 +90,13 @@ def test_pages_need_a_login_and_revocation_ends_it(token_app, settings):
     client = token_app.test_client()
     first = client.get("/")
     assert first.status_code == 302 and "/login" in first.headers["Location"]
-    assert client.post("/login", data={"token": "atl_nope"}).status_code == 401
+    assert _login(client, "atl_nope").status_code == 401
+    assert client.post("/login", data={"token": "atl_nope"}).status_code == 400  # no CSRF
     token = _token(settings, "ann")
-    response = client.post("/login?next=/", data={"token": token})
+    response = _login(client, token, "?next=/")
     assert response.status_code == 303 and response.headers["Location"] == "/"
-    assert client.get("/").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "Sign out" in page.get_data(as_text=True)
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
     revoke = subprocess.run(
         [sys.executable, "-m", "worker.cli", "token", "revoke", token],

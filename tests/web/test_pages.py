@@ -11,6 +11,12 @@ from shared.models import Job
 from tests.conftest import tiny_png
 
 
+def csrf_token(client) -> str:
+    """The form token: a page visit sets the cookie the forms' hidden field must match."""
+    client.get("/")
+    return client.get_cookie("atelier_csrf").value
+
+
 def test_form_page_renders(client):
     page = client.get("/")
     assert page.status_code == 200
@@ -22,6 +28,7 @@ def test_bad_upload_shows_the_error_next_to_the_field(client, settings):
     response = client.post(
         "/jobs",
         data={
+            "csrf_token": csrf_token(client),
             "kind": "style_transfer",
             "content": (io.BytesIO(b"nope"), "c.png"),
             "style": (io.BytesIO(tiny_png()), "s.png"),
@@ -38,9 +45,11 @@ def test_bad_upload_shows_the_error_next_to_the_field(client, settings):
 
 
 def test_submit_redirects_to_job_page_and_cancel_works(client):
+    token = csrf_token(client)
     response = client.post(
         "/jobs",
         data={
+            "csrf_token": token,
             "kind": "style_transfer",
             "content": (io.BytesIO(tiny_png()), "c.png"),
             "style": (io.BytesIO(tiny_png()), "s.png"),
@@ -53,7 +62,7 @@ def test_submit_redirects_to_job_page_and_cancel_works(client):
     page = client.get(location).get_data(as_text=True)
     assert "queued" in page and 'http-equiv="refresh"' in page and "cancel-form" in page
     job_id = location.rsplit("/", 1)[1]
-    assert client.post(f"/jobs/{job_id}/cancel").status_code == 303
+    assert client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token}).status_code == 303
     page = client.get(location).get_data(as_text=True)
     assert "canceled" in page and "cancel-form" not in page
     assert client.get("/jobs/" + "0" * 32).status_code == 404

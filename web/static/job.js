@@ -1,4 +1,6 @@
-// Polls the job's JSON once a second and updates the page in place.
+// The job page, live: polls the job's JSON once a second and updates status, queue position,
+// progress, ETA, preview and curves in place; when the job ends it reloads once so the server
+// renders the finished page (results, tables, downloads). Without JavaScript the page refreshes.
 (function () {
   "use strict";
   const section = document.getElementById("job");
@@ -6,6 +8,13 @@
   const url = section.dataset.url;
   const $ = (id) => document.getElementById(id);
   const terminal = new Set(["succeeded", "failed", "canceled"]);
+  let historyKey = section.dataset.history || "";
+
+  function eta(seconds) {
+    seconds = Math.round(seconds);
+    if (seconds < 60) return seconds + " s";
+    return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
+  }
 
   function render(job) {
     const status = $("status");
@@ -14,36 +23,37 @@
     $("queue").textContent = job.queue_position ? "Position in queue: " + job.queue_position : "";
     const p = job.progress;
     $("bar").style.width = p.percent + "%";
+    $("bar").parentElement.setAttribute("aria-valuenow", p.percent);
     let text = p.percent + "%";
     if (p.stage) text += " · " + p.stage;
-    if (p.eta_seconds && !terminal.has(job.status)) text += " · about " + Math.round(p.eta_seconds) + " s left";
+    if (p.eta_seconds && !terminal.has(job.status)) text += " · about " + eta(p.eta_seconds) + " left";
+    if (p.loss !== null && p.loss !== undefined) text += " · loss " + Number(p.loss).toPrecision(4);
     $("progress-text").textContent = text;
-    const err = $("error");
     if (job.error) {
-      err.hidden = false;
-      err.textContent = job.error.code + ": " + job.error.message;
+      $("error").hidden = false;
+      $("error").textContent = job.error.code + ": " + job.error.message;
     }
-    const result = job.outputs.find((o) => o.content_type.startsWith("image/"));
     const img = $("result");
-    const src = result ? result.url : job.preview ? job.preview.url + "?step=" + job.preview.step : "";
-    if (src && img.getAttribute("src") !== src) {
-      img.src = src;
-      img.hidden = false;
-    }
-    $("result-caption").textContent = result ? "result" : "preview";
-    if (terminal.has(job.status)) {
-      const form = $("cancel-form");
-      if (form) form.remove();
-      $("downloads").innerHTML = "";
-      for (const o of job.outputs) {
-        const a = document.createElement("a");
-        a.className = "button";
-        a.href = o.url;
-        a.download = o.name;
-        a.textContent = o.name;
-        $("downloads").append(a, " ");
+    if (img && job.preview) {
+      const src = job.preview.url + "?step=" + job.preview.step;
+      if (img.getAttribute("src") !== src) {
+        img.src = src;
+        img.hidden = false;
+        $("result-caption").textContent = "preview at step " + job.preview.step;
       }
     }
+    // the history is capped (and thinned) on the worker, so its length alone can repeat
+    const points = p.history || [];
+    const key = points.length ? points.length + ":" + points[points.length - 1].step : "";
+    if (key !== historyKey) {
+      historyKey = key;
+      refreshCharts();
+    }
+  }
+
+  async function refreshCharts() {
+    const response = await fetch(section.dataset.chartsUrl);
+    if (response.ok) $("charts").innerHTML = await response.text();
   }
 
   async function poll() {
@@ -52,21 +62,34 @@
       if (response.ok) {
         const job = await response.json();
         render(job);
-        if (terminal.has(job.status)) return;
+        if (terminal.has(job.status)) {
+          window.location.reload();
+          return;
+        }
       }
     } catch (e) {
-      /* network blip: try again */
+      /* a network blip: try again */
     }
     setTimeout(poll, 1000);
   }
 
-  const form = $("cancel-form");
-  if (form) {
-    form.addEventListener("submit", async (event) => {
+  const cancel = $("cancel-form");
+  if (cancel) {
+    cancel.addEventListener("submit", async (event) => {
       event.preventDefault();
+      $("cancel").disabled = true;
+      $("cancel").textContent = "Canceling…";
       const response = await fetch(url + "/cancel", { method: "POST" });
       if (response.ok) render(await response.json());
     });
   }
+
+  const split = $("compare-split");
+  if (split) {
+    $("compare").hidden = false;
+    const after = document.querySelector("#compare img.after");
+    split.addEventListener("input", () => { after.style.clipPath = "inset(0 0 0 " + split.value + "%)"; });
+  }
+
   if (section.dataset.terminal !== "true") poll();
 })();
