@@ -27,7 +27,7 @@ def test_pyramid_is_about_sqrt2_apart(size, expected):
 
 @pytest.mark.parametrize("total", [3, 10, 120, 1000])
 def test_steps_sum_to_the_budget_and_favour_coarse_scales(total):
-    steps = planning.steps_per_scale(total, 3, PRESETS["balanced"].decay)
+    steps = planning.steps_per_scale(total, 3, PRESETS["balanced"].growth)
     assert sum(steps) == total
     assert min(steps) >= 1
     assert steps == sorted(steps, reverse=True)
@@ -41,6 +41,15 @@ def test_sizes_the_device_cannot_hold_are_refused_up_front(monkeypatch, content,
     assert info.value.code == "out_of_memory"
     assert "size <=" in str(info.value)
     assert calls == []  # refused before the first step
+
+
+@pytest.mark.parametrize("scales", [1, 3, 5])
+def test_preset_total_matches_its_final_scale_steps(scales):
+    preset = PRESETS["balanced"]
+    steps = planning.steps_per_scale(preset.iterations(scales), scales, preset.growth)
+    assert abs(steps[-1] - preset.final_steps) <= 1
+    assert PRESETS["fast"].iterations(scales) < preset.iterations(scales)
+    assert preset.iterations(scales) < PRESETS["quality"].iterations(scales)
 
 
 def test_lbfgs_history_shrinks_with_memory():

@@ -35,11 +35,14 @@ def scale_sizes(size: int, multiscale: bool, min_scale: int = 128) -> list[int]:
     return [round(start * (size / start) ** (i / (count - 1))) for i in range(count)]
 
 
-def steps_per_scale(total: int, scales: int, decay: float) -> list[int]:
-    """Split ``total`` steps geometrically (coarse scale first), each scale ≥ 1 step."""
+def steps_per_scale(total: int, scales: int, growth: float) -> list[int]:
+    """Split ``total`` steps geometrically (coarse scale first), each scale ≥ 1 step.
+
+    Scale i from the top gets ``growth`` times the steps of scale i + 1.
+    """
     if total < scales:
         raise ValueError("need at least one step per scale")
-    weights = [decay**i for i in range(scales)]
+    weights = [growth ** (scales - 1 - i) for i in range(scales)]
     raw = [total * w / sum(weights) for w in weights]
     steps = [max(1, math.floor(r)) for r in raw]
     steps[0] += total - sum(steps)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -101,8 +101,9 @@ class _Job:
     def luminance(self) -> bool:
         return self.params.preserve_color == "luminance"
 
-    def features(self, image: torch.Tensor, layers: frozenset[str] = ALL_LAYERS
-                 ) -> dict[str, torch.Tensor]:
+    def features(
+        self, image: torch.Tensor, layers: frozenset[str] = ALL_LAYERS
+    ) -> dict[str, torch.Tensor]:
         if image.shape[1] == 1:  # luminance-only run: VGG sees a gray RGB image
             image = image.expand(-1, 3, -1, -1)
         if self.device.type == "cuda":
@@ -155,8 +156,16 @@ def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Ten
         if min(sdims) < MIN_SIDE:  # a very elongated style: keep relu5_1 non-empty
             sdims = imaging.fit_long_side(*style.image.size, side * MIN_SIDE // min(sdims) + 1)
         color = job.params.preserve_color
-        key = (style.digest, job.content_digest if color != "none" else None, color, sdims,
-               job.params.weights, job.params.pooling, str(job.device), job.bf16)
+        key = (
+            style.digest,
+            job.content_digest if color != "none" else None,
+            color,
+            sdims,
+            job.params.weights,
+            job.params.pooling,
+            str(job.device),
+            job.bf16,
+        )
 
         def make_input(style: _Style = style, sdims: tuple[int, int] = sdims) -> torch.Tensor:
             x = imaging.to_tensor(imaging.resize(style.image, sdims), job.device)
@@ -188,12 +197,20 @@ def _make_optimizer(job: _Job, image: torch.Tensor) -> torch.optim.Optimizer:
     history = planning.lbfgs_history(image.numel(), job.spare_bytes)
     # One function evaluation per step (no line search), as in Gatys et al.'s reference
     # code; the tolerances are off so a run never stops silently before its step budget.
-    return torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=history,
-                             tolerance_grad=0.0, tolerance_change=0.0)
+    return torch.optim.LBFGS(
+        [image], lr=1.0, max_iter=1, history_size=history, tolerance_grad=0.0, tolerance_change=0.0
+    )
 
 
-def _optimise_scale(job: _Job, image: torch.Tensor, targets: Targets, content: torch.Tensor,
-                    steps: int, scale: int, scales: int) -> torch.Tensor:
+def _optimise_scale(
+    job: _Job,
+    image: torch.Tensor,
+    targets: Targets,
+    content: torch.Tensor,
+    steps: int,
+    scale: int,
+    scales: int,
+) -> torch.Tensor:
     """Run ``steps`` optimiser steps on one scale and return the (averaged) iterate."""
     image = image.detach().clone().requires_grad_(True)
     optimizer = _make_optimizer(job, image)
@@ -222,10 +239,17 @@ def _optimise_scale(job: _Job, image: torch.Tensor, targets: Targets, content: t
             ema.lerp_(image.detach(), 1 - EMA_BETA)
         job.step += 1
         if job.callback is not None:
-            job.callback(StyleProgress(
-                step=job.step, total=job.total, scale=scale, scales=scales, loss=loss,
-                elapsed=time.perf_counter() - job.started, _render=render,
-            ))
+            job.callback(
+                StyleProgress(
+                    step=job.step,
+                    total=job.total,
+                    scale=scale,
+                    scales=scales,
+                    loss=loss,
+                    elapsed=time.perf_counter() - job.started,
+                    _render=render,
+                )
+            )
     return (ema if ema is not None else image).detach()
 
 
@@ -235,17 +259,21 @@ def _to_rgb(job: _Job, image: torch.Tensor, content: torch.Tensor) -> torch.Tens
     return image.clamp(0, 1)
 
 
-def _plan(params: StyleParams, preset: Preset, content: Image.Image
-          ) -> tuple[list[tuple[int, int]], list[int]]:
+def _plan(
+    params: StyleParams, preset: Preset, content: Image.Image
+) -> tuple[list[tuple[int, int]], list[int]]:
     sides = planning.scale_sizes(params.size, params.multiscale, preset.min_scale)
     dims = planning.scale_dims(content.size, sides)
     if min(dims[-1]) < MIN_SIDE:
         raise InvalidInput(
             f"size {params.size} makes the output {dims[-1][0]}x{dims[-1][1]}; VGG19 needs "
-            f"at least {MIN_SIDE} px on the short side, so increase size", "size")
+            f"at least {MIN_SIDE} px on the short side, so increase size",
+            "size",
+        )
     dims = [d for d in dims if min(d) >= MIN_SIDE]
-    dims = dims[-params.iterations:]  # never more scales than steps
-    return dims, planning.steps_per_scale(params.iterations, len(dims), preset.decay)
+    total = params.iterations or preset.iterations(len(dims))
+    dims = dims[-total:]  # never more scales than steps
+    return dims, planning.steps_per_scale(total, len(dims), preset.growth)
 
 
 def stylize(
@@ -282,11 +310,24 @@ def stylize(
     if isinstance(styles, Image.Image) or not isinstance(styles, Sequence):
         raise InvalidInput("styles must be a sequence of PIL images", "styles")
     params = resolve_params(
-        len(styles), size=size, iterations=iterations, preset=preset, strength=strength,
-        style_weights=style_weights, content_weight=content_weight, style_weight=style_weight,
-        tv_weight=tv_weight, optimizer=optimizer, init=init, pooling=pooling,
-        preserve_color=preserve_color, style_scale=style_scale, multiscale=multiscale,
-        seed=seed, weights=weights, device=device,
+        len(styles),
+        size=size,
+        iterations=iterations,
+        preset=preset,
+        strength=strength,
+        style_weights=style_weights,
+        content_weight=content_weight,
+        style_weight=style_weight,
+        tv_weight=tv_weight,
+        optimizer=optimizer,
+        init=init,
+        pooling=pooling,
+        preserve_color=preserve_color,
+        style_scale=style_scale,
+        multiscale=multiscale,
+        seed=seed,
+        weights=weights,
+        device=device,
     )
     content_rgb = imaging.to_rgb(content, "content")
     style_rgbs = [imaging.to_rgb(s, f"styles[{i}]") for i, s in enumerate(styles)]
@@ -294,12 +335,24 @@ def stylize(
     bf16 = _use_bf16(dev, precision)
     preset_cfg = PRESETS[params.preset]
     dims, steps = _plan(params, preset_cfg, content_rgb)
+    params = replace(params, iterations=sum(steps))
     spare = _check_memory(dims[-1], dev, bf16)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
-        return _run(params, preset_cfg, content_rgb, style_rgbs, dev, bf16, dims, steps,
-                    spare, callback, started)
+        return _run(
+            params,
+            preset_cfg,
+            content_rgb,
+            style_rgbs,
+            dev,
+            bf16,
+            dims,
+            steps,
+            spare,
+            callback,
+            started,
+        )
     except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         raise OutOfMemory(
@@ -308,18 +361,38 @@ def stylize(
         ) from exc
 
 
-def _run(params: StyleParams, preset: Preset, content: Image.Image, styles: list[Image.Image],
-         dev: torch.device, bf16: bool, dims: list[tuple[int, int]], steps: list[int],
-         spare: int, callback: Callable[[StyleProgress], None] | None,
-         started: float) -> StyleResult:
+def _run(
+    params: StyleParams,
+    preset: Preset,
+    content: Image.Image,
+    styles: list[Image.Image],
+    dev: torch.device,
+    bf16: bool,
+    dims: list[tuple[int, int]],
+    steps: list[int],
+    spare: int,
+    callback: Callable[[StyleProgress], None] | None,
+    started: float,
+) -> StyleResult:
     net = load_vgg19(params.weights, params.pooling, dev)
     needs_content_key = params.preserve_color != "none"
     job = _Job(
-        params=params, preset=preset, net=net, device=dev, bf16=bf16, content=content,
+        params=params,
+        preset=preset,
+        net=net,
+        device=dev,
+        bf16=bf16,
+        content=content,
         content_digest=image_digest(content) if needs_content_key else "",
-        styles=[_Style(img, w, image_digest(img))
-                for img, w in zip(styles, params.style_weights, strict=True) if w > 0],
-        callback=callback, started=started, total=sum(steps), spare_bytes=spare,
+        styles=[
+            _Style(img, w, image_digest(img))
+            for img, w in zip(styles, params.style_weights, strict=True)
+            if w > 0
+        ],
+        callback=callback,
+        started=started,
+        total=sum(steps),
+        spare_bytes=spare,
     )
     image: torch.Tensor | None = None
     scale_log = []
@@ -329,12 +402,17 @@ def _run(params: StyleParams, preset: Preset, content: Image.Image, styles: list
         if image is None:
             image = _initial(job, content_t)
         else:
-            image = F.interpolate(image, size=content_t.shape[2:], mode="bicubic",
-                                  align_corners=False).clamp(0, 1)
-        image = _optimise_scale(job, image, targets, content_t, scale_steps, index + 1,
-                                len(dims))
-        scale_log.append({"size": list(scale_dims), "steps": scale_steps,
-                          "seconds": round(time.perf_counter() - t0, 3)})
+            image = F.interpolate(
+                image, size=content_t.shape[2:], mode="bicubic", align_corners=False
+            ).clamp(0, 1)
+        image = _optimise_scale(job, image, targets, content_t, scale_steps, index + 1, len(dims))
+        scale_log.append(
+            {
+                "size": list(scale_dims),
+                "steps": scale_steps,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
     assert image is not None
     output = imaging.to_pil(_to_rgb(job, image, content_t))
     metrics = _metrics(job, scale_log, started)
@@ -345,8 +423,11 @@ def _metrics(job: _Job, scale_log: list[dict], started: float) -> dict:
     terms = job.terms
     losses = {}
     if terms is not None:
-        losses = {"content": float(terms.content), "style": float(terms.style),
-                  "tv": float(terms.tv)}
+        losses = {
+            "content": float(terms.content),
+            "style": float(terms.style),
+            "tv": float(terms.tv),
+        }
     return {
         "params": job.params.as_dict(),
         "seed": job.params.seed,

