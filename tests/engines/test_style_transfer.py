@@ -233,3 +233,37 @@ def test_non_image_input_is_rejected(style):
     with pytest.raises(InvalidInput) as info:
         stylize(b"jpeg bytes", [style])  # type: ignore[arg-type]
     assert info.value.param == "content"
+
+
+def test_style_targets_are_reused_across_calls(content, style, monkeypatch):
+    from worker.engines import style_targets
+
+    style_targets.clear()
+    computed = []
+    real = style_targets.gram
+    monkeypatch.setattr(style_targets, "gram", lambda f: computed.append(1) or real(f))
+    stylize(content, [style], size=64, iterations=3, seed=0, device="cpu")
+    first = len(computed)
+    assert first == 3 * 5  # three scales x five style layers, computed once each
+    stylize(content, [style], size=64, iterations=3, seed=1, device="cpu")
+    assert len(computed) == first  # a second job with the same style hits the LRU
+
+
+def test_small_cpu_scales_run_single_threaded_and_restore(content, style):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        stylize(
+            content,
+            [style],
+            size=64,
+            iterations=3,
+            seed=0,
+            device="cpu",
+            callback=lambda p: seen.append(torch.get_num_threads()),
+        )
+        assert seen == [1, 1, 1]  # every scale of a 64 px job is "small"
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -62,3 +62,29 @@ def test_missing_torchvision_weights_name_the_expected_file(empty_hub, content, 
     assert info.value.code == "internal"
     assert str(expected) in str(info.value)
     assert not expected.exists()  # and nothing was downloaded
+
+
+def test_torchvision_weights_load_from_the_hub_cache_with_their_convention(empty_hub):
+    """A checkpoint with torchvision's key layout loads, and sees ImageNet-normalised RGB."""
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    convs = zip(weights._CONVS, weights._TORCHVISION_CONV_INDEX, strict=True)
+    for (_name, cin, cout), idx in convs:
+        state[f"features.{idx}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * 0.05
+        state[f"features.{idx}.bias"] = torch.zeros(cout)
+    path = empty_hub / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    path.parent.mkdir()
+    torch.save(state, path)
+
+    net = weights.load_vgg19("torchvision", "max", "cpu")
+    image = torch.rand(1, 3, 16, 16, generator=gen)
+    got = net(image, frozenset({"relu1_1"}))["relu1_1"]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    want = torch.relu(
+        torch.nn.functional.conv2d(
+            (image - mean) / std, state["features.0.weight"], state["features.0.bias"], padding=1
+        )
+    )
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert weights.weights_identity("torchvision")["file"] == str(path)

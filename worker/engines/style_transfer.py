@@ -13,7 +13,8 @@ the same weights give the same look at every size.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -40,6 +41,7 @@ __all__ = ["DEFAULTS", "LIMITS", "PRESETS", "StyleProgress", "StyleResult", "sty
 ADAM_LR = 0.02  # in 0–1 pixel units: ~5 grey levels per step at the start
 EMA_BETA = 0.9  # iterate averaging (Adam only): smooths its step-to-step jitter
 PRECISIONS = ("auto", "fp32", "bf16")
+SMALL_SCALE_PIXELS = 160 * 160  # below this, CPU scales use one intra-op thread
 MIN_SIDE = 16  # four 2x poolings before relu5_1 must leave at least one pixel
 
 
@@ -133,11 +135,13 @@ def _check_memory(dims: tuple[int, int], device: torch.device, bf16: bool) -> in
     need = planning.estimate_bytes(*dims, bf16=bf16)
     free = planning.available_bytes(device)
     if need > 0.9 * free:
-        per_px = (need - planning.estimate_bytes(0, 0, bf16)) / (dims[0] * dims[1])
-        fit = int(max(free * 0.9 - planning.estimate_bytes(0, 0, bf16), 0) / per_px) ** 0.5
+        fixed = planning.estimate_bytes(0, 0, bf16)
+        # Memory grows with the pixel count, so the long side that fits scales with a root.
+        ratio = max(0.9 * free - fixed, 0) / (need - fixed)
+        fit = int(max(dims) * ratio**0.5)
         raise OutOfMemory(
             f"a {dims[0]}x{dims[1]} output needs about {need / 2**30:.1f} GiB on {device} "
-            f"but only {free / 2**30:.1f} GiB is free; choose size <= {int(fit)} or a "
+            f"but only {free / 2**30:.1f} GiB is free; choose size <= {fit} or a "
             "device with more memory"
         )
     return int(free - need)
@@ -200,6 +204,26 @@ def _make_optimizer(job: _Job, image: torch.Tensor) -> torch.optim.Optimizer:
     return torch.optim.LBFGS(
         [image], lr=1.0, max_iter=1, history_size=history, tolerance_grad=0.0, tolerance_change=0.0
     )
+
+
+@contextmanager
+def _intra_op_threads(device: torch.device, pixels: int) -> Iterator[None]:
+    """Run small CPU scales on one intra-op thread.
+
+    A 128 px VGG pass is made of many small ops, each ending in an OpenMP barrier.  On a
+    busy machine (workers share cores) every barrier waits for a descheduled thread, and we
+    measured a 128x96 step on 2 threads costing as much as a 256x192 one (2.2 s) while one
+    thread took 0.57 s.  Large scales keep the default, where threads pay off.
+    """
+    if device.type != "cpu" or pixels >= SMALL_SCALE_PIXELS or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _optimise_scale(
@@ -405,7 +429,10 @@ def _run(
             image = F.interpolate(
                 image, size=content_t.shape[2:], mode="bicubic", align_corners=False
             ).clamp(0, 1)
-        image = _optimise_scale(job, image, targets, content_t, scale_steps, index + 1, len(dims))
+        with _intra_op_threads(dev, scale_dims[0] * scale_dims[1]):
+            image = _optimise_scale(
+                job, image, targets, content_t, scale_steps, index + 1, len(dims)
+            )
         scale_log.append(
             {
                 "size": list(scale_dims),
