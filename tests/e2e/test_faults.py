@@ -180,7 +180,10 @@ def _ping(url: str) -> bool:
 
 
 def test_two_hundred_concurrent_submits_all_end_once(fault_settings, dispatcher, tmp_path):
-    app = create_app({"ATELIER_SETTINGS": fault_settings})
+    import dataclasses
+
+    roomy = dataclasses.replace(fault_settings, max_active_per_owner=1000)
+    app = create_app({"ATELIER_SETTINGS": roomy})
     workers = [_worker(fault_settings, tmp_path, f"flood{i}") for i in range(2)]
 
     def submit(_i: int) -> str:
