@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_stylize(sub)
+    try:
+        from worker.finetune_cli import add_parser as add_finetune
+    except ImportError:  # engine not installed yet
+        pass
+    else:
+        add_finetune(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ from shared.settings import Settings, get_settings
 from shared.storage import Storage, job_key, open_storage
 from shared.timeutil import utcnow
 from worker.engines.errors import Canceled, EngineError
+from worker.finetune_runner import run_fine_tune, run_predict
 from worker.progress import ProgressReporter, save_preview
 
 log = logging.getLogger(__name__)
@@ -206,4 +207,8 @@ def run_style_transfer(
     }
 
 
-KIND_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"style_transfer": run_style_transfer}
+KIND_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "style_transfer": run_style_transfer,
+    "fine_tune": run_fine_tune,
+    "predict": run_predict,
+}
