@@ -26,6 +26,7 @@ ENGINE_PARAMS = (
     "val_split", "augment", "label_smoothing", "schedule", "early_stopping", "seed",
 )  # fmt: skip
 MODEL_FILE = "model.pt"
+PREDICT_BATCH = 16
 
 
 def _store(storage: Storage, job_id: str, name: str, data: bytes, content_type: str) -> StoredFile:
@@ -137,10 +138,11 @@ def run_predict(
     reporter.report(current=0, total=len(data), stage="loading model", loss=None, force=True)
     model = load_model(_read(storage, model_id, MODEL_FILE), device=settings.device)
     predictions = []
-    for i, (name, image) in enumerate(zip(names, data, strict=True), start=1):
-        top = model.predict([image], top_k=int(params.get("top_k", 3)))[0]
-        predictions.append({"name": name, "top": top})
-        reporter.report(current=i, total=len(data), stage="predicting", loss=None)
+    for start in range(0, len(data), PREDICT_BATCH):
+        tops = model.predict(data[start : start + PREDICT_BATCH], top_k=int(params["top_k"]))
+        chunk = names[start : start + PREDICT_BATCH]
+        predictions += [{"name": n, "top": top} for n, top in zip(chunk, tops, strict=True)]
+        reporter.report(current=len(predictions), total=len(data), stage="predicting", loss=None)
     body = {"model": model_id, "classes": model.classes, "predictions": predictions}
     outputs = [
         _store(storage, job_id, "predictions.json", json.dumps(body, indent=2).encode(),

@@ -524,21 +524,23 @@ class FineTunedModel:
     info: dict[str, Any]
 
     def predict(self, images: list[bytes], top_k: int = 3) -> list[list[dict[str, Any]]]:
-        """Top-k (label, probability) per image; raises InvalidInput for an unreadable one."""
+        """Top-k (label, probability) per image, in one batch; InvalidInput if one is unreadable."""
         k = min(top_k, len(self.classes))
-        results = []
+        crops = []
         for i, data in enumerate(images):
             try:
-                tensor = ds.center_crop(ds.decode(data, self.image_size), self.image_size)
+                crops.append(ds.center_crop(ds.decode(data, self.image_size), self.image_size))
             except ValueError as exc:
                 raise InvalidInput(f"image {i + 1} cannot be read: {exc}", "image") from None
-            batch = _inputs(tensor.unsqueeze(0).float().div(255.0), self.device, self.precision)
-            with torch.inference_mode(), _autocast(self.device, self.precision):
-                probs = F.softmax(self.model(batch).float(), dim=1)[0].cpu()
-            values, indices = probs.topk(k)
-            results.append([{"label": self.classes[j], "probability": round(float(v), 6)}
-                            for v, j in zip(values, indices.tolist(), strict=True)])  # fmt: skip
-        return results
+        batch = _inputs(torch.stack(crops).float().div(255.0), self.device, self.precision)
+        with torch.inference_mode(), _autocast(self.device, self.precision):
+            probs = F.softmax(self.model(batch).float(), dim=1).cpu()
+        values, indices = probs.topk(k, dim=1)
+        return [
+            [{"label": self.classes[j], "probability": round(float(v), 6)}
+             for v, j in zip(row_v, row_i.tolist(), strict=True)]
+            for row_v, row_i in zip(values, indices, strict=True)
+        ]  # fmt: skip
 
 
 def load_model(data: bytes, device: str = "cpu") -> FineTunedModel:
