@@ -99,9 +99,7 @@ def validate_predict_params(form: Mapping[str, str], settings: Settings) -> dict
     """``model`` (required) and ``top_k``; the model's existence is checked by the caller."""
     params = _validate("predict", form, settings, PREDICT_FIELDS, PREDICT_DEFAULTS, ("image",))
     if "model" not in params:
-        raise InputError(
-            "model is required: the id of a succeeded fine_tune job", field="model"
-        )
+        raise InputError("model is required: the id of a succeeded fine_tune job", field="model")
     return params
 
 

@@ -26,8 +26,13 @@ BAR_WIDTH = 30
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options mirror the API's fine_tune fields; unset ones take the engine's defaults."""
     parser.add_argument("data", type=Path, help="dataset folder or .zip/.tar/.tar.gz")
-    parser.add_argument("-o", "--output", type=Path, default=Path("finetune-out"),
-                        help="folder for model.pt, metrics.json, model_card.md")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("finetune-out"),
+        help="folder for model.pt, metrics.json, model_card.md",
+    )
     parser.add_argument("--backbone", choices=BACKBONES, default="vgg19")
     parser.add_argument("--strategy", choices=STRATEGIES, default="linear_probe")
     parser.add_argument("--epochs", type=int)
@@ -135,8 +140,11 @@ def run(args: argparse.Namespace) -> int:
     (args.output / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
     (args.output / "model_card.md").write_text(result.model_card)
     if not args.quiet:
-        print(f"accuracy {result.metrics['accuracy']:.4f} (epoch {result.metrics['best_epoch']})"
-              f"; wrote {args.output}/model.pt, metrics.json, model_card.md", file=sys.stderr)
+        print(
+            f"accuracy {result.metrics['accuracy']:.4f} (epoch {result.metrics['best_epoch']})"
+            f"; wrote {args.output}/model.pt, metrics.json, model_card.md",
+            file=sys.stderr,
+        )
     return 0
 
 

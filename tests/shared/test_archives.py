@@ -68,7 +68,10 @@ def test_zip_symlink_is_refused():
     link = zipfile.ZipInfo("ants/link.png")
     link.create_system = 3
     link.external_attr = (stat.S_IFLNK | 0o777) << 16
-    assert "symbolic link" in _refused(_zip_with([("ants/1.png", PNG), (link, b"/etc/passwd")])).message
+    assert (
+        "symbolic link"
+        in _refused(_zip_with([("ants/1.png", PNG), (link, b"/etc/passwd")])).message
+    )
 
 
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])

@@ -181,8 +181,10 @@ def batches(
     flip: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(float RGB 0–1 batch, labels); centre crops unless ``augment``; ``flip`` mirrors all."""
-    order = torch.randperm(len(data.images), generator=gen) if shuffle else torch.arange(
-        len(data.images)
+    order = (
+        torch.randperm(len(data.images), generator=gen)
+        if shuffle
+        else torch.arange(len(data.images))
     )
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size].tolist()

@@ -400,8 +400,11 @@ def _train_network(model: Classifier, decoded: ds.Decoded, config: FinetuneConfi
 def _total_units(config: FinetuneConfig, n_train: int, n_val: int, n_all: int) -> int:
     views = 2 if config.augment and config.strategy == "linear_probe" else 1
     head_epochs = config.epochs if config.strategy == "linear_probe" else HEAD_WARMUP_EPOCHS
-    total = n_all + n_train * views + n_val + head_epochs * math.ceil(
-        n_train * views / config.batch_size
+    total = (
+        n_all
+        + n_train * views
+        + n_val
+        + head_epochs * math.ceil(n_train * views / config.batch_size)
     )
     if config.strategy != "linear_probe":
         total += config.epochs * (3 * n_train + n_val)
@@ -477,12 +480,16 @@ def _metrics(config: FinetuneConfig, classes: list[str], decoded: ds.Decoded, be
         "epochs": best.history,
         "val_predictions": [
             {"name": name, "label": classes[t], "predicted": classes[p]}
-            for name, t, p in zip(decoded.val.names[:1000], decoded.val.labels.tolist(),
-                                  preds.tolist(), strict=False)
+            for name, t, p in zip(
+                decoded.val.names[:1000], decoded.val.labels.tolist(), preds.tolist(), strict=False
+            )
         ],
-        "dataset": {"train": count(decoded.train.labels), "val": count(decoded.val.labels),
-                    "unreadable": len(decoded.unreadable),
-                    "unreadable_files": decoded.unreadable[:50]},  # fmt: skip
+        "dataset": {
+            "train": count(decoded.train.labels),
+            "val": count(decoded.val.labels),
+            "unreadable": len(decoded.unreadable),
+            "unreadable_files": decoded.unreadable[:50],
+        },  # fmt: skip
         "config": asdict(config),
         "timings": timings,
         "device": config.device,
