@@ -178,8 +178,11 @@ def engine_run(pool: list, test: list, backbone: str, strategy: str, args) -> di
     try:
         result = fine_tune(ImageDataset(classes, items), **params)
     except EngineError as exc:
+        import torch
+
+        error = str(exc).replace(torch.hub.get_dir(), "<torch hub dir>")  # no machine paths
         return {"run": "engine", "backbone": backbone, "strategy": strategy,
-                "status": "unavailable", "error": str(exc)}  # fmt: skip
+                "status": "unavailable", "error": error}  # fmt: skip
     wall = time.monotonic() - started
     model = load_model(result.checkpoint)
     top = model.predict([p.read_bytes() for _, p in test], top_k=1)
