@@ -12,6 +12,7 @@ import threading
 from shared import migrate
 from shared.settings import load_settings
 from worker.client_cli import add_parsers as add_client
+from worker.finetune_cli import add_parser as add_finetune
 from worker.stylize_cli import add_parser as add_stylize
 
 
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_client(sub)
     add_stylize(sub)
+    add_finetune(sub)
     return parser
 
 

@@ -11,10 +11,12 @@ from typing import Any
 
 from PIL import Image
 
+from shared import states
 from shared.db import session_scope
 from shared.jobs import StoredFile, add_file, touch_running, write_progress
 from shared.settings import Settings
 from shared.storage import Storage, job_key
+from worker import webhooks
 from worker.engines.errors import Canceled
 
 log = logging.getLogger(__name__)
@@ -161,3 +163,11 @@ class Heartbeat:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def mark_processing(settings: Settings, job_id: str) -> None:
+    """starting → processing once inputs are loaded; sends the ``start`` webhook."""
+    with session_scope(settings.database_url) as session:
+        moved = states.transition(session, job_id, states.PROCESSING, expect=states.STARTING)
+    if moved:
+        webhooks.notify(settings, job_id, "start")

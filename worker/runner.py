@@ -27,7 +27,14 @@ from shared.storage import Storage, job_key, open_storage
 from shared.timeutil import utcnow
 from worker import webhooks
 from worker.engines.errors import Canceled, EngineError
-from worker.progress import Heartbeat, ProgressReporter, save_preview, save_thumbnail
+from worker.finetune_runner import run_fine_tune, run_predict
+from worker.progress import (
+    Heartbeat,
+    ProgressReporter,
+    mark_processing,
+    save_preview,
+    save_thumbnail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +146,6 @@ def _finish(settings: Settings, job_id: str, metrics: dict[str, Any]) -> str:
     )
 
 
-def mark_processing(settings: Settings, job_id: str) -> None:
-    """starting → processing once inputs are loaded; sends the ``start`` webhook."""
-    with session_scope(settings.database_url) as session:
-        moved = states.transition(session, job_id, states.PROCESSING, expect=states.STARTING)
-    if moved:
-        webhooks.notify(settings, job_id, "start")
-
-
 def _store_output(
     storage: Storage, job_id: str, name: str, data: bytes, role: str, content_type: str
 ) -> StoredFile:
@@ -219,4 +218,8 @@ def run_style_transfer(
     }
 
 
-KIND_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"style_transfer": run_style_transfer}
+KIND_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "style_transfer": run_style_transfer,
+    "fine_tune": run_fine_tune,
+    "predict": run_predict,
+}

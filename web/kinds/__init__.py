@@ -58,9 +58,13 @@ def uploads(files: MultiDict, field: str) -> list[FileStorage]:
 
 
 def _registry() -> dict[str, KindHandler]:
-    from web.kinds import style_transfer
+    from web.kinds import fine_tune, predict, style_transfer
 
-    return {"style_transfer": style_transfer.HANDLER}
+    return {
+        "style_transfer": style_transfer.HANDLER,
+        "fine_tune": fine_tune.HANDLER,
+        "predict": predict.HANDLER,
+    }
 
 
 HANDLERS: dict[str, KindHandler] = _registry()

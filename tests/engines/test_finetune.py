@@ -1,0 +1,169 @@
+"""The fine-tuning engine on drawn shapes: it learns, reloads identically, cancels, reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.finetune_data import CLASSES, make_zip, shape_files
+from worker.engines import backbones
+from worker.engines.datasets import ImageDataset, LabeledImage, split
+from worker.engines.errors import Canceled, InvalidInput, WeightsUnavailable
+from worker.engines.finetune import FinetuneProgress, fine_tune, load_model
+
+
+def _dataset(per_class: int = 16, seed: int = 0, broken: int = 0) -> ImageDataset:
+    files = shape_files(per_class, seed=seed)
+    items = [LabeledImage(n, CLASSES.index(n.split("/")[0]), d) for n, d in files.items()]
+    for i in range(broken):
+        items[i * 2] = LabeledImage(items[i * 2].name, items[i * 2].label, b"not an image")
+    return ImageDataset(list(CLASSES), items)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    torch.set_num_threads(1)
+    seen: list[FinetuneProgress] = []
+    result = fine_tune(_dataset(), image_size=48, seed=3, callback=seen.append)
+    return result, seen
+
+
+def test_linear_probe_learns_shapes(probe):
+    result, _ = probe
+    metrics = result.metrics
+    assert metrics["accuracy"] > 0.9
+    assert metrics["config"]["strategy"] == "linear_probe" and metrics["config"]["seed"] == 3
+    assert metrics["dataset"]["val"] == {"discs": 3, "squares": 3}
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert all(
+        {"precision", "recall", "f1", "support"} <= set(v) for v in metrics["per_class"].values()
+    )
+    matrix = metrics["confusion_matrix"]
+    assert (
+        sum(map(sum, matrix)) == 6
+        and sum(matrix[i][i] for i in range(2)) / 6 == metrics["accuracy"]
+    )
+    curves = metrics["epochs"]
+    assert curves and all({"train_loss", "val_loss", "val_accuracy"} <= set(e) for e in curves)
+    assert curves[-1]["train_loss"] < curves[0]["train_loss"]
+    json.dumps(metrics)  # serialisable as metrics.json
+    assert "# Image classifier" in result.model_card and "| discs |" in result.model_card
+
+
+def test_progress_reaches_the_end_and_caches_features_once(probe):
+    result, seen = probe
+    stages = [p.stage for p in seen]
+    assert stages.count("computing features") == 2  # one train + one val batch of 32, once
+    first_head = stages.index("training head")
+    assert "computing features" not in stages[first_head:]  # epochs reuse the cached features
+    assert stages.count("training head") >= 10
+    assert [p.step for p in seen] == sorted(p.step for p in seen)
+    assert seen[-1].step == seen[-1].total or seen[-1].step <= seen[-1].total
+    assert any(p.val_accuracy is not None for p in seen)
+
+
+def test_checkpoint_reload_gives_the_same_predictions(probe):
+    result, _ = probe
+    model = load_model(result.checkpoint)
+    files = shape_files(16, seed=0)
+    recorded = result.metrics["val_predictions"]
+    tops = model.predict([files[p["name"]] for p in recorded], top_k=2)
+    assert [t[0]["label"] for t in tops] == [p["predicted"] for p in recorded]
+    again = load_model(result.checkpoint).predict([files[p["name"]] for p in recorded], top_k=2)
+    assert again == tops  # deterministic
+    assert all(abs(sum(x["probability"] for x in t) - 1) < 1e-3 for t in tops)
+    assert model.classes == list(CLASSES) and model.info["backbone"] == "vgg19"
+
+
+def test_unreadable_images_are_counted_not_fatal():
+    result = fine_tune(_dataset(broken=2), image_size=32, epochs=3, seed=1)
+    assert result.metrics["dataset"]["unreadable"] == 2
+    assert {u["name"] for u in result.metrics["dataset"]["unreadable_files"]} == {
+        "discs/000.png", "discs/002.png"}  # fmt: skip
+
+
+def test_too_many_unreadable_images_fail_with_invalid_input():
+    with pytest.raises(InvalidInput, match="could not be read"):
+        fine_tune(_dataset(per_class=8, broken=4), image_size=32, epochs=1)
+
+
+def test_cancel_stops_within_a_batch():
+    calls = []
+
+    def cancel_on_features(p: FinetuneProgress) -> None:
+        calls.append(p.stage)
+        if p.stage == "computing features":
+            raise Canceled("cancel requested")
+
+    with pytest.raises(Canceled):
+        fine_tune(_dataset(), image_size=32, callback=cancel_on_features)
+    assert calls.count("computing features") == 1
+
+
+@pytest.mark.parametrize("strategy", ["full", "gradual"])
+def test_full_and_gradual_train_the_backbone(strategy):
+    torch.set_num_threads(1)
+    data = _dataset(per_class=10, seed=2)
+    result = fine_tune(data, strategy=strategy, image_size=32, epochs=1, batch_size=8, seed=0)
+    phases = [e["phase"] for e in result.metrics["epochs"]]
+    assert phases[-1] == strategy and "head" in phases
+    state = torch.load(__import__("io").BytesIO(result.checkpoint), weights_only=True)
+    assert state["backbone_state"] is not None  # the trained backbone travels with the head
+    model = load_model(result.checkpoint)
+    files = shape_files(10, seed=2)
+    recorded = result.metrics["val_predictions"]
+    tops = model.predict([files[p["name"]] for p in recorded], top_k=1)
+    assert [t[0]["label"] for t in tops] == [p["predicted"] for p in recorded]
+
+
+def test_missing_torchvision_weights_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match=r"resnet18-[0-9a-f]+\.pth"):
+        fine_tune(_dataset(per_class=6), backbone="resnet18", image_size=32, epochs=1)
+
+
+def test_torchvision_backbone_from_the_hub_cache(tmp_path, monkeypatch):
+    """A (randomly initialised) resnet18 file in the cache is used, with its own preprocessing."""
+    from torchvision.models import get_model
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    path = backbones.torchvision_weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(get_model("resnet18", weights=None).state_dict(), path)
+    result = fine_tune(_dataset(per_class=6), backbone="resnet18", image_size=32, epochs=2)
+    state = torch.load(__import__("io").BytesIO(result.checkpoint), weights_only=True)
+    assert state["backbone"] == "resnet18" and state["preprocessing"]["channels"] == "RGB"
+    assert state["backbone_weights"]["file"] == path.name
+    assert len(load_model(result.checkpoint).predict([shape_files(1)["discs/000.png"]])[0]) == 2
+
+
+def test_split_is_stratified_and_seeded():
+    items = _dataset(per_class=10).train
+    train, val = split(items, 0.2, seed=5)
+    assert sorted(i.label for i in val) == [0, 0, 1, 1]
+    assert [i.name for i in split(items, 0.2, seed=5)[1]] == [i.name for i in val]
+    assert not {i.name for i in train} & {i.name for i in val}
+
+
+def test_cli_runs_on_a_folder_and_an_archive(tmp_path, capsys):
+    from worker.cli import main
+
+    files = shape_files(6, seed=4)
+    for name, data in files.items():
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_bytes(data)
+    (tmp_path / "data.zip").write_bytes(make_zip(files))
+    for source in ("data", "data.zip"):
+        out = tmp_path / f"out-{source}"
+        code = main(["finetune", str(tmp_path / source), "--image-size", "32", "--epochs", "3",
+                     "-o", str(out)])  # fmt: skip
+        assert code == 0
+        assert {p.name for p in out.iterdir()} == {"model.pt", "metrics.json", "model_card.md"}
+    err = capsys.readouterr().err
+    assert "[####" in err and "accuracy" in err
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "ants").mkdir()
+    assert main(["finetune", str(tmp_path / "one"), "--quiet"]) == 2
+    assert "no images" in capsys.readouterr().err

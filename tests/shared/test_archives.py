@@ -1,0 +1,186 @@
+"""Dataset archives: every attack of the issue is refused with a message; good layouts pass."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+import zipfile
+
+import pytest
+
+from shared.archives import ArchiveLimits, SafeArchive, file_names, safe_name
+from shared.dataset_layout import plan_layout
+from shared.errors import InputError
+from tests.finetune_data import make_tar, make_zip, shape_files
+
+PNG = shape_files(1)["discs/000.png"]
+
+
+def _refused(data: bytes, limits: ArchiveLimits | None = None) -> InputError:
+    with pytest.raises(InputError) as info:
+        SafeArchive(data, limits)
+    assert info.value.field == "dataset" and info.value.message.startswith("dataset: ")
+    return info.value
+
+
+def _zip_with(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info, data in entries:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _tar_with(members: list[tarfile.TarInfo], gz: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as archive:
+        for info in members:
+            archive.addfile(info, io.BytesIO(PNG) if info.isfile() else None)
+    return buffer.getvalue()
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(PNG)
+    return info
+
+
+@pytest.mark.parametrize(
+    "name", ["../evil.png", "ants/../../evil.png", "a/b/../../../x.png", "..\\..\\evil.png"]
+)
+def test_zip_slip_is_refused(name):
+    error = _refused(_zip_with([("ants/1.png", PNG), (name, PNG)]))
+    assert "outside the archive" in error.message
+
+
+@pytest.mark.parametrize("name", ["/etc/evil.png", "C:\\temp\\evil.png", "\\\\server\\x.png"])
+def test_absolute_paths_are_refused(name):
+    assert "absolute path" in _refused(_zip_with([(name, PNG)])).message
+
+
+def test_tar_slip_and_absolute_are_refused():
+    assert "outside" in _refused(make_tar({"ants/1.png": PNG, "../../x.png": PNG})).message
+    assert "absolute" in _refused(make_tar({"/tmp/x.png": PNG}, gz=True)).message
+
+
+def test_zip_symlink_is_refused():
+    link = zipfile.ZipInfo("ants/link.png")
+    link.create_system = 3
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    assert (
+        "symbolic link"
+        in _refused(_zip_with([("ants/1.png", PNG), (link, b"/etc/passwd")])).message
+    )
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_tar_links_are_refused(kind):
+    link = tarfile.TarInfo("ants/link.png")
+    link.type = kind
+    link.linkname = "/etc/passwd"
+    assert "link" in _refused(_tar_with([_file("ants/1.png"), link])).message
+
+
+def test_tar_device_and_fifo_are_refused():
+    fifo = tarfile.TarInfo("ants/pipe.png")
+    fifo.type = tarfile.FIFOTYPE
+    assert "not a regular file" in _refused(_tar_with([fifo], gz=True)).message
+
+
+def test_zip_bomb_is_refused_before_decompressing():
+    bomb = _zip_with([("ants/1.png", PNG), ("ants/bomb.png", bytes(20 * 1024 * 1024))])
+    assert len(bomb) < 100_000
+    error = _refused(bomb)
+    assert error.status == 413 and "bomb" in error.message
+
+
+def test_tar_gz_bomb_is_refused():
+    bomb = make_tar({"ants/bomb.png": bytes(8 * 1024 * 1024)}, gz=True)
+    error = _refused(bomb)
+    assert error.status == 413 and "bomb" in error.message
+
+
+def test_caps_on_file_count_member_size_and_total():
+    files = shape_files(6)
+    assert "more than 5 files" in _refused(make_zip(files), ArchiveLimits(max_files=5)).message
+    small = ArchiveLimits(max_member_bytes=len(PNG) - 1)
+    assert "limit per file" in _refused(make_tar(files), small).message
+    total = ArchiveLimits(max_total_bytes=3 * len(PNG))
+    assert "unpacks to more than" in _refused(make_tar(files, gz=True), total).message
+
+
+def test_corrupt_and_non_archives_are_refused():
+    good = make_zip(shape_files(5))
+    assert "corrupt" in _refused(good[: len(good) // 2]).message
+    gz = make_tar(shape_files(5), gz=True)
+    assert "corrupt" in _refused(gz[: len(gz) // 2]).message
+    assert "corrupt" in _refused(b"PK\x03\x04" + b"\x00" * 100).message
+    error = _refused(b"just some text, not an archive")
+    assert error.status == 415
+    assert "empty" in _refused(b"").message
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_duplicates_and_encryption_are_refused():
+    assert "twice" in _refused(_zip_with([("a/1.png", PNG), ("a/1.png", PNG)])).message
+    data = bytearray(_zip_with([("ants/1.png", PNG)]))
+    # set the "encrypted" flag bit in the local and central headers
+    for marker in (b"PK\x03\x04", b"PK\x01\x02"):
+        at = data.find(marker)
+        offset = 6 if marker == b"PK\x03\x04" else 8
+        data[at + offset] |= 0x1
+    assert "encrypted" in _refused(bytes(data)).message
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar", "tar.gz"])
+def test_good_archives_list_and_read(fmt):
+    files = shape_files(5, prefix="my-data/")
+    files["my-data/README.txt"] = b"hello"
+    files["__MACOSX/my-data/discs/._000.png"] = b"junk"
+    data = make_zip(files) if fmt == "zip" else make_tar(files, gz=fmt == "tar.gz")
+    archive = SafeArchive(data)
+    assert archive.format == fmt
+    names = file_names(archive.members)
+    assert "__MACOSX/my-data/discs/._000.png" not in names
+    layout = plan_layout(names)
+    assert layout.classes == ["discs", "squares"] and layout.val is None
+    assert layout.ignored == ["my-data/README.txt"]
+    wanted = {path for path, _ in layout.train}
+    read = dict(archive.read(wanted))
+    assert set(read) == wanted and read["my-data/discs/000.png"] == files["my-data/discs/000.png"]
+
+
+def test_damaged_member_reads_as_none():
+    files = shape_files(5)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, payload in files.items():
+            archive.writestr(name, payload)
+    data = bytearray(buffer.getvalue())
+    at = data.find(files["discs/002.png"][40:80])  # stored, so findable: break its bytes
+    assert at > 0
+    data[at : at + 8] = b"\xff" * 8
+    contents = dict(SafeArchive(bytes(data)).read(set(files)))
+    assert contents["discs/002.png"] is None
+    assert sum(v is None for v in contents.values()) == 1
+
+
+def test_safe_name_normalises():
+    assert safe_name("./ants//1.png") == "ants/1.png"
+    assert safe_name("ants\\1.png") == "ants/1.png"
+
+
+def test_layout_train_val_and_class_rules():
+    files = shape_files(6, prefix="train/") | shape_files(2, seed=3, prefix="val/")
+    layout = plan_layout(list(files))
+    assert layout.classes == ["discs", "squares"]
+    assert len(layout.train) == 12 and len(layout.val) == 4
+    with pytest.raises(InputError, match="at least 2 classes"):
+        plan_layout([f"ants/{i}.jpg" for i in range(10)])
+    with pytest.raises(InputError, match="no images"):
+        plan_layout(["ants/readme.txt", "bees/notes.md"])
+    with pytest.raises(InputError, match="at least 5 training images"):
+        plan_layout([f"ants/{i}.jpg" for i in range(10)] + ["bees/1.jpg"])
+    with pytest.raises(InputError, match="val/ has classes"):
+        plan_layout(list(files) + ["val/wasps/1.png"])

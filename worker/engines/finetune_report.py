@@ -1,0 +1,89 @@
+"""Evaluation numbers and the model card for a fine-tuned classifier (no torch needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def classification_report(truth: list[int], predicted: list[int], classes: list[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: truth)."""
+    n = len(classes)
+    matrix = [[0] * n for _ in range(n)]
+    for t, p in zip(truth, predicted, strict=True):
+        matrix[t][p] += 1
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp = matrix[i][i]
+        predicted_i = sum(matrix[r][i] for r in range(n))
+        support = sum(matrix[i])
+        precision = tp / predicted_i if predicted_i else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 5), "recall": round(recall, 5),
+                           "f1": round(f1, 5), "support": support}  # fmt: skip
+    correct = sum(matrix[i][i] for i in range(n))
+    return {
+        "accuracy": round(correct / len(truth), 5) if truth else 0.0,
+        "macro_f1": round(sum(c["f1"] for c in per_class.values()) / n, 5) if n else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": matrix,
+    }
+
+
+def model_card(*, config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """A short Markdown card: what was trained, on what, how well, and how to use it."""
+    classes = metrics["classes"]
+    lines = [
+        f"# Image classifier: {', '.join(classes[:10])}{' …' if len(classes) > 10 else ''}",
+        "",
+        f"Fine-tuned from **{config['backbone']}** (ImageNet-pretrained) with the "
+        f"**{config['strategy']}** strategy by Atelier.",
+        "",
+        "## Data",
+        "",
+        "| class | train | validation |",
+        "|---|---|---|",
+    ]
+    for name in classes:
+        lines.append(f"| {name} | {metrics['dataset']['train'][name]} | "
+                     f"{metrics['dataset']['val'][name]} |")  # fmt: skip
+    lines += [
+        "",
+        f"Unreadable images skipped: {metrics['dataset']['unreadable']}.",
+        "",
+        "## Results (validation set, best epoch)",
+        "",
+        f"- accuracy: **{metrics['accuracy']:.4f}** (epoch {metrics['best_epoch']}), "
+        f"macro F1 {metrics['macro_f1']:.4f}",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                     f"{row['f1']:.3f} | {row['support']} |")  # fmt: skip
+    shown = {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "image_size",
+                                    "val_split", "augment", "label_smoothing", "schedule",
+                                    "early_stopping", "seed")}  # fmt: skip
+    lines += [
+        "",
+        "## Training",
+        "",
+        "Parameters: " + ", ".join(f"`{k}={v}`" for k, v in shown.items()) + ".",
+        f"Device: {metrics['device']}; wall time {metrics['timings']['seconds']:.1f} s.",
+        "",
+        "## Use",
+        "",
+        "Submit a `predict` job with `model=<this job's id>` and one or more `image` files, "
+        "or load `model.pt` with `worker.engines.finetune.load_model`. Inputs are resized so "
+        f"the short side is {round(config['image_size'] * 256 / 224)} px and centre-cropped "
+        f"to {config['image_size']} px.",
+        "",
+        "## Limits",
+        "",
+        "Validation accuracy on a small held-out split is a noisy estimate; the best epoch "
+        "was chosen on that same split, so expect slightly lower accuracy on new images. "
+        "The model only knows the classes above and always answers with one of them.",
+        "",
+    ]
+    return "\n".join(lines)
