@@ -49,6 +49,12 @@ class Settings:
     heartbeat_timeout: int = 60
     progress_interval: float = 1.0
     preview_interval: float = 3.0
+    # S3 storage (ATELIER_STORAGE_URL=s3://bucket/prefix); credentials: boto3's usual chain
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_url_expires: int = 900
+    s3_downloads: str = "presigned"
 
     @property
     def broker_url(self) -> str:
@@ -87,9 +93,16 @@ def load_settings() -> Settings:
         heartbeat_timeout=_env_int("HEARTBEAT_TIMEOUT", defaults["heartbeat_timeout"]),
         progress_interval=float(_env("PROGRESS_INTERVAL", "1.0")),
         preview_interval=float(_env("PREVIEW_INTERVAL", "3.0")),
+        s3_endpoint_url=_env("S3_ENDPOINT_URL", None),
+        s3_public_endpoint_url=_env("S3_PUBLIC_ENDPOINT_URL", None),
+        s3_region=_env("S3_REGION", defaults["s3_region"]),
+        s3_url_expires=_env_int("S3_URL_EXPIRES", defaults["s3_url_expires"]),
+        s3_downloads=_env("S3_DOWNLOADS", defaults["s3_downloads"]),
     )
     if settings.device not in ("auto", "cpu", "cuda") and not settings.device.startswith("cuda:"):
         raise ValueError("ATELIER_DEVICE must be auto, cpu, cuda or cuda:N")
+    if settings.s3_downloads not in ("presigned", "proxy"):
+        raise ValueError("ATELIER_S3_DOWNLOADS must be presigned or proxy")
     if not settings.soft_time_limit < settings.time_limit:
         raise ValueError("ATELIER_SOFT_TIME_LIMIT must be below ATELIER_TIME_LIMIT")
     return settings

@@ -135,6 +135,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "ATELIER_HEARTBEAT_TIMEOUT": str(settings.heartbeat_timeout),
         "ATELIER_SOFT_TIME_LIMIT": str(settings.soft_time_limit),
         "ATELIER_TIME_LIMIT": str(settings.time_limit),
+        "ATELIER_S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
+        "ATELIER_S3_DOWNLOADS": settings.s3_downloads,
     }
 
 
