@@ -26,7 +26,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config)
 
-    from web import api, db, errors, health, pages, queue
+    from web import api, db, errors, health, metrics, pages, queue
 
     db.init_app(app)
     queue.init_app(app)
@@ -34,4 +34,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     return app
