@@ -86,6 +86,7 @@ def test_print_shows_each_command_with_its_environment(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fresh_db_url", ["sqlite"], indirect=True)  # the DB plays no part
 def test_gpus_0_1_really_runs_two_workers_with_their_own_gpu(settings, tmp_path):
     """The real command: two Celery workers answer on the broker, each child env pinned."""
     from web.queue import make_client

@@ -191,6 +191,9 @@ def test_open_storage_reads_the_url_and_s3_settings(tmp_path, s3_endpoint, monke
 # ---- the web API over each backend: submit writes inputs, downloads, delete removes
 
 
+SQLITE_ONLY = pytest.mark.parametrize("fresh_db_url", ["sqlite"], indirect=True)  # storage ≠ DB
+
+
 @pytest.fixture(params=["local", "s3-presigned", "s3-proxy"])
 def api_settings(request, settings):
     if request.param == "local":
@@ -204,6 +207,7 @@ def api_settings(request, settings):
     )
 
 
+@SQLITE_ONLY
 def test_api_submit_download_delete_on_each_backend(api_settings):
     from web import create_app
 
@@ -243,6 +247,7 @@ def test_api_submit_download_delete_on_each_backend(api_settings):
 
 
 @pytest.mark.slow
+@SQLITE_ONLY
 def test_a_real_worker_runs_a_job_on_s3_storage(settings, s3_endpoint, tmp_path):
     """Inputs, previews and results go through S3; the worker never touches a local path."""
     from tests.conftest import WorkerProcess

@@ -37,29 +37,34 @@ def _files(content=None, style=None) -> dict:
     return data
 
 
+def _raw(content=None, style=None) -> dict:
+    """Bytes, not open files: each parametrized run (one per database) uploads fresh ones."""
+    return {"content": content, "style": style}
+
+
 GOOD = tiny_png()
 CASES = [
     # (form fields, files, expected status, expected field)
-    ({"kind": "style_transfer"}, _files(style=GOOD), 400, "content"),
-    ({"kind": "style_transfer"}, _files(content=GOOD), 400, "style"),
-    ({}, _files(GOOD, GOOD), 400, "kind"),
-    ({"kind": "painting"}, _files(GOOD, GOOD), 400, "kind"),
-    ({"kind": "style_transfer"}, _files(b"not an image at all", GOOD), 415, "content"),
-    ({"kind": "style_transfer"}, _files(GOOD, b"%PDF-1.4 fake"), 415, "style"),
-    ({"kind": "style_transfer"}, _files(_truncated_png(), GOOD), 400, "content"),
-    ({"kind": "style_transfer"}, _files(b"", GOOD), 400, "content"),
-    ({"kind": "style_transfer"}, _files(_bomb_png(), GOOD), 413, "content"),
-    ({"kind": "style_transfer", "size": "0"}, _files(GOOD, GOOD), 400, "size"),
-    ({"kind": "style_transfer", "size": "100000"}, _files(GOOD, GOOD), 400, "size"),
-    ({"kind": "style_transfer", "size": "big"}, _files(GOOD, GOOD), 400, "size"),
-    ({"kind": "style_transfer", "iterations": "0"}, _files(GOOD, GOOD), 400, "iterations"),
-    ({"kind": "style_transfer", "iterations": "99999999"}, _files(GOOD, GOOD), 400, "iterations"),
-    ({"kind": "style_transfer", "strength": "1.5"}, _files(GOOD, GOOD), 400, "strength"),
-    ({"kind": "style_transfer", "strength": "nan"}, _files(GOOD, GOOD), 400, "strength"),
-    ({"kind": "style_transfer", "optimizer": "sgd"}, _files(GOOD, GOOD), 400, "optimizer"),
-    ({"kind": "style_transfer", "seed": "-1"}, _files(GOOD, GOOD), 400, "seed"),
-    ({"kind": "style_transfer", "style_weights": "1,2"}, _files(GOOD, GOOD), 400, "style_weights"),
-    ({"kind": "style_transfer", "colour": "red"}, _files(GOOD, GOOD), 400, "colour"),
+    ({"kind": "style_transfer"}, _raw(style=GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _raw(content=GOOD), 400, "style"),
+    ({}, _raw(GOOD, GOOD), 400, "kind"),
+    ({"kind": "painting"}, _raw(GOOD, GOOD), 400, "kind"),
+    ({"kind": "style_transfer"}, _raw(b"not an image at all", GOOD), 415, "content"),
+    ({"kind": "style_transfer"}, _raw(GOOD, b"%PDF-1.4 fake"), 415, "style"),
+    ({"kind": "style_transfer"}, _raw(_truncated_png(), GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _raw(b"", GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _raw(_bomb_png(), GOOD), 413, "content"),
+    ({"kind": "style_transfer", "size": "0"}, _raw(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "size": "100000"}, _raw(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "size": "big"}, _raw(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "iterations": "0"}, _raw(GOOD, GOOD), 400, "iterations"),
+    ({"kind": "style_transfer", "iterations": "99999999"}, _raw(GOOD, GOOD), 400, "iterations"),
+    ({"kind": "style_transfer", "strength": "1.5"}, _raw(GOOD, GOOD), 400, "strength"),
+    ({"kind": "style_transfer", "strength": "nan"}, _raw(GOOD, GOOD), 400, "strength"),
+    ({"kind": "style_transfer", "optimizer": "sgd"}, _raw(GOOD, GOOD), 400, "optimizer"),
+    ({"kind": "style_transfer", "seed": "-1"}, _raw(GOOD, GOOD), 400, "seed"),
+    ({"kind": "style_transfer", "style_weights": "1,2"}, _raw(GOOD, GOOD), 400, "style_weights"),
+    ({"kind": "style_transfer", "colour": "red"}, _raw(GOOD, GOOD), 400, "colour"),
 ]
 
 
@@ -67,7 +72,7 @@ CASES = [
 def test_bad_submit_is_refused_and_leaves_nothing(client, settings, form, files, status, field):
     before = redis.Redis.from_url(settings.redis_url).llen("gpu")
     response = client.post(
-        "/api/v1/jobs", data={**form, **files}, content_type="multipart/form-data"
+        "/api/v1/jobs", data={**form, **_files(**files)}, content_type="multipart/form-data"
     )
     assert response.status_code == status, response.get_json()
     error = response.get_json()["error"]
