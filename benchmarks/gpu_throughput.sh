@@ -31,4 +31,4 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 exec timeout "${LIMIT:-470}" "$PY" benchmarks/throughput.py --devices cuda,cpu \
   --jobs "${JOBS:-20}" --cpu-jobs "${CPU_JOBS:-3}" --size "${SIZE:-512}" \
   --preset "${PRESET:-balanced}" --iterations "${ITERATIONS:-0}" --db sqlite \
-  --name gpu_throughput --out "${OUT_JSON:-benchmarks/results/gpu_throughput.json}"
+  --threads 0 --repeat 1 --name gpu_throughput --out "${OUT_JSON:-benchmarks/results/gpu_throughput.json}"
