@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench bench-service bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/style_vs_pastiche.py --size 256
+
+# API latency, queue overhead, jobs/s with 1/2/4 worker processes (JSON in benchmarks/results/)
+bench-service: $(STAMP)
+	$(BIN)/python benchmarks/service_latency.py
+	$(BIN)/python benchmarks/queue_overhead.py
+	$(BIN)/python benchmarks/throughput.py
+
+# on a GPU host: 20 style jobs at 512 px on the GPU next to the CPU
+bench-gpu: $(STAMP)
+	PYTHON=$(BIN)/python benchmarks/gpu_throughput.sh
 
 clean:
 	rm -rf var .pytest_cache

@@ -49,6 +49,12 @@ class Settings:
     webhook_allow_private: bool = False
     # results older than this many seconds are deleted (0 keeps them forever)
     result_ttl: int = 7 * 24 * 3600
+    # S3 storage (ATELIER_STORAGE_URL=s3://bucket/prefix); credentials: boto3's usual chain
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_url_expires: int = 900
+    s3_downloads: str = "presigned"
 
     @property
     def broker_url(self) -> str:
@@ -75,6 +81,8 @@ class Settings:
             raise ValueError("ATELIER_AUTH must be off or token")
         if self.max_attempts < 1:
             raise ValueError("ATELIER_MAX_ATTEMPTS must be at least 1")
+        if self.s3_downloads not in ("presigned", "proxy"):
+            raise ValueError("ATELIER_S3_DOWNLOADS must be presigned or proxy")
         return self
 
 

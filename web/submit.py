@@ -91,7 +91,7 @@ def submit_job(
     prepared = handler.prepare(SubmitContext(form, files, owner, settings, session))
 
     job_id = new_job_id()
-    storage = open_storage(settings.storage_url)
+    storage = open_storage(settings.storage_url, settings)
     try:
         for stored, data in prepared.inputs:
             storage.put_bytes(job_key(job_id, stored.name), data)

@@ -5,15 +5,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import threading
 
 from shared import migrate
+from shared.queue import CPU_QUEUE, GPU_QUEUE
 from shared.settings import load_settings
 from worker.client_cli import add_parsers as add_client
 from worker.finetune_cli import add_parser as add_finetune
 from worker.stylize_cli import add_parser as add_stylize
+
+KNOWN_QUEUES = frozenset({GPU_QUEUE, CPU_QUEUE})
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -45,34 +60,91 @@ def _cmd_web(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def _gpu_ids(spec: str) -> list[str]:
+def _gpu_ids(spec: str, environ: dict[str, str]) -> list[str]:
+    """GPU ids for ``--gpus``; ``all`` keeps an inherited CUDA_VISIBLE_DEVICES' own ids."""
     if spec != "all":
         return [part.strip() for part in spec.split(",") if part.strip()]
+    inherited = environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is not None:
+        return [part.strip() for part in inherited.split(",") if part.strip()]
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _cmd_worker(args: argparse.Namespace) -> int:
+def _queues(raw: str) -> str:
+    """argparse type for ``--queues``: a comma list of queues the jobs are routed to."""
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    unknown = sorted(set(names) - KNOWN_QUEUES)
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue {', '.join(unknown) or raw!r}: use {' or '.join(sorted(KNOWN_QUEUES))}"
+        )
+    return ",".join(names)
+
+
+def worker_plan(args: argparse.Namespace, environ: dict[str, str]) -> list[tuple[dict, list]]:
+    """(extra env, command) for each worker process ``atelier worker`` would start.
+
+    CPU: one Celery worker with ``--concurrency`` prefork children, each told to use its
+    share of the cores (``OMP_NUM_THREADS``) so N children do not fight over them.
+    GPU: one Celery worker per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``),
+    ``--concurrency`` children each (default 1: a job has the whole card).
+    """
     from worker.embedded import worker_command
 
+    concurrency = args.concurrency or 1
     if not args.gpus:
-        command = worker_command(args.queues, args.concurrency)
-        os.execv(sys.executable, command)
-    gpus = _gpu_ids(args.gpus)
-    if not gpus:
+        extra = {}
+        if concurrency > 1 and "OMP_NUM_THREADS" not in environ:
+            extra["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // concurrency))
+        return [(extra, worker_command(args.queues, concurrency, args.name))]
+    plan = []
+    for gpu in _gpu_ids(args.gpus, environ):
+        extra = {"CUDA_VISIBLE_DEVICES": gpu, "ATELIER_DEVICE": "cuda"}
+        plan.append((extra, worker_command(args.queues, concurrency, f"{args.name}-gpu{gpu}")))
+    return plan
+
+
+def _supervise(procs: list[subprocess.Popen]) -> int:
+    """Wait for the workers; on SIGTERM/SIGINT, or when one dies, stop all (warm shutdown)."""
+    stopping = threading.Event()
+
+    def _forward(_signum: int, _frame: object) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, _forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stopping.is_set() and all(proc.poll() is None for proc in procs):
+            stopping.wait(0.5)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()  # Celery's warm shutdown: the running job finishes or requeues
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopping.is_set():
+        return 0
+    failed = next((code for code in codes if code), 0)  # the worker that died first
+    return failed if failed >= 0 else 128 - failed  # killed by a signal: 128 + its number
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    plan = worker_plan(args, dict(os.environ))
+    if not plan:
         print("atelier worker: --gpus asked for GPUs but none are visible", file=sys.stderr)
         return 2
-    procs = []
-    for gpu in gpus:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "ATELIER_DEVICE": "cuda"}
-        procs.append(subprocess.Popen(worker_command(args.queues, 1, f"atelier-gpu{gpu}"), env=env))
-    try:
-        return max(proc.wait() for proc in procs)
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.terminate()
-        return max(proc.wait() for proc in procs)
+    if args.print:
+        for extra, command in plan:
+            print(shlex.join([*(f"{k}={v}" for k, v in extra.items()), *command]))
+        return 0
+    if not args.gpus:
+        extra, command = plan[0]
+        os.environ.update(extra)
+        os.execv(sys.executable, command)
+    procs = [subprocess.Popen(command, env={**os.environ, **extra}) for extra, command in plan]
+    return _supervise(procs)
 
 
 def _cmd_dispatcher(_args: argparse.Namespace) -> int:
@@ -146,9 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     web.set_defaults(func=_cmd_web)
 
     worker = sub.add_parser("worker", help="Celery worker(s); one process per GPU")
-    worker.add_argument("--gpus", help="all or a comma list of GPU ids")
-    worker.add_argument("--queues", default="gpu,cpu")
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--gpus", help="all or a comma list of GPU ids: one process per GPU")
+    worker.add_argument("--queues", type=_queues, default="gpu,cpu", help="comma list: gpu,cpu")
+    worker.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=1,
+        help="jobs at once (CPU: prefork children sharing the cores; GPU: per GPU)",
+    )
+    worker.add_argument("--name", default="atelier", help="Celery node name prefix")
+    worker.add_argument("--print", action="store_true", help="print the worker command(s) and exit")
     worker.set_defaults(func=_cmd_worker)
 
     dispatcher = sub.add_parser("dispatcher", help="publish unsent jobs, requeue abandoned ones")

@@ -71,7 +71,7 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
         if not states.claim(session, job_id, worker):
             log.info("job %s not claimable (already taken, canceled or unknown)", job_id)
             return None
-    storage = open_storage(settings.storage_url)
+    storage = open_storage(settings.storage_url, settings)
     try:
         with session_scope(settings.database_url) as session:
             job = session.get(Job, job_id)

@@ -37,72 +37,90 @@ def _files(content=None, style=None) -> dict:
     return data
 
 
+def _raw(content=None, style=None) -> dict:
+    """Bytes, not open files: each parametrized run (one per database) uploads fresh ones."""
+    return {"content": content, "style": style}
+
+
+def _uploads(form: dict) -> dict:
+    """Form values given as bytes (or lists of bytes) become fresh file uploads."""
+    out = {}
+    for key, value in form.items():
+        if isinstance(value, bytes):
+            out[key] = (io.BytesIO(value), f"{key}.png")
+        elif isinstance(value, list):
+            out[key] = [(io.BytesIO(v), f"{key}-{i}.png") for i, v in enumerate(value)]
+        else:
+            out[key] = value
+    return out
+
+
 GOOD = tiny_png()
 CASES = [
     # (form fields, files, expected status, expected field)
-    ({"kind": "style_transfer"}, _files(style=GOOD), 400, "content"),
-    ({"kind": "style_transfer"}, _files(content=GOOD), 400, "style"),
-    ({}, _files(GOOD, GOOD), 400, "kind"),
-    ({"kind": "painting"}, _files(GOOD, GOOD), 400, "kind"),
-    ({"kind": "style_transfer"}, _files(b"not an image at all", GOOD), 415, "content"),
-    ({"kind": "style_transfer"}, _files(GOOD, b"%PDF-1.4 fake"), 415, "style"),
-    ({"kind": "style_transfer"}, _files(_truncated_png(), GOOD), 400, "content"),
-    ({"kind": "style_transfer"}, _files(b"", GOOD), 400, "content"),
-    ({"kind": "style_transfer"}, _files(_bomb_png(), GOOD), 413, "content"),
-    ({"kind": "style_transfer", "size": "0"}, _files(GOOD, GOOD), 400, "size"),
-    ({"kind": "style_transfer", "size": "100000"}, _files(GOOD, GOOD), 400, "size"),
-    ({"kind": "style_transfer", "size": "big"}, _files(GOOD, GOOD), 400, "size"),
-    ({"kind": "style_transfer", "iterations": "0"}, _files(GOOD, GOOD), 400, "iterations"),
-    ({"kind": "style_transfer", "iterations": "99999999"}, _files(GOOD, GOOD), 400, "iterations"),
-    ({"kind": "style_transfer", "strength": "1.5"}, _files(GOOD, GOOD), 400, "strength"),
-    ({"kind": "style_transfer", "strength": "nan"}, _files(GOOD, GOOD), 400, "strength"),
-    ({"kind": "style_transfer", "optimizer": "sgd"}, _files(GOOD, GOOD), 400, "optimizer"),
-    ({"kind": "style_transfer", "seed": "-1"}, _files(GOOD, GOOD), 400, "seed"),
-    ({"kind": "style_transfer", "style_weights": "1,2"}, _files(GOOD, GOOD), 400, "style_weights"),
-    ({"kind": "style_transfer", "colour": "red"}, _files(GOOD, GOOD), 400, "colour"),
-    ({"kind": "style_transfer", "style_scale": "0"}, _files(GOOD, GOOD), 400, "style_scale"),
-    ({"kind": "style_transfer", "content_weight": "-1"}, _files(GOOD, GOOD), 400, "content_weight"),
-    ({"kind": "style_transfer", "tv_weight": "inf"}, _files(GOOD, GOOD), 400, "tv_weight"),
+    ({"kind": "style_transfer"}, _raw(style=GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _raw(content=GOOD), 400, "style"),
+    ({}, _raw(GOOD, GOOD), 400, "kind"),
+    ({"kind": "painting"}, _raw(GOOD, GOOD), 400, "kind"),
+    ({"kind": "style_transfer"}, _raw(b"not an image at all", GOOD), 415, "content"),
+    ({"kind": "style_transfer"}, _raw(GOOD, b"%PDF-1.4 fake"), 415, "style"),
+    ({"kind": "style_transfer"}, _raw(_truncated_png(), GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _raw(b"", GOOD), 400, "content"),
+    ({"kind": "style_transfer"}, _raw(_bomb_png(), GOOD), 413, "content"),
+    ({"kind": "style_transfer", "size": "0"}, _raw(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "size": "100000"}, _raw(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "size": "big"}, _raw(GOOD, GOOD), 400, "size"),
+    ({"kind": "style_transfer", "iterations": "0"}, _raw(GOOD, GOOD), 400, "iterations"),
+    ({"kind": "style_transfer", "iterations": "99999999"}, _raw(GOOD, GOOD), 400, "iterations"),
+    ({"kind": "style_transfer", "strength": "1.5"}, _raw(GOOD, GOOD), 400, "strength"),
+    ({"kind": "style_transfer", "strength": "nan"}, _raw(GOOD, GOOD), 400, "strength"),
+    ({"kind": "style_transfer", "optimizer": "sgd"}, _raw(GOOD, GOOD), 400, "optimizer"),
+    ({"kind": "style_transfer", "seed": "-1"}, _raw(GOOD, GOOD), 400, "seed"),
+    ({"kind": "style_transfer", "style_weights": "1,2"}, _raw(GOOD, GOOD), 400, "style_weights"),
+    ({"kind": "style_transfer", "colour": "red"}, _raw(GOOD, GOOD), 400, "colour"),
+    ({"kind": "style_transfer", "style_scale": "0"}, _raw(GOOD, GOOD), 400, "style_scale"),
+    ({"kind": "style_transfer", "content_weight": "-1"}, _raw(GOOD, GOOD), 400, "content_weight"),
+    ({"kind": "style_transfer", "tv_weight": "inf"}, _raw(GOOD, GOOD), 400, "tv_weight"),
     (
         {"kind": "style_transfer", "preserve_color": "sepia"},
-        _files(GOOD, GOOD),
+        _raw(GOOD, GOOD),
         400,
         "preserve_color",
     ),
-    ({"kind": "style_transfer", "init": "photo"}, _files(GOOD, GOOD), 400, "init"),
-    ({"kind": "style_transfer", "pooling": "min"}, _files(GOOD, GOOD), 400, "pooling"),
-    ({"kind": "style_transfer", "multiscale": "maybe"}, _files(GOOD, GOOD), 400, "multiscale"),
-    ({"kind": "style_transfer", "output_format": "gif"}, _files(GOOD, GOOD), 400, "output_format"),
-    ({"kind": "style_transfer", "style_weights": "a,b"}, _files(GOOD, GOOD), 400, "style_weights"),
-    ({"kind": "style_transfer", "style_weights": "0"}, _files(GOOD, GOOD), 400, "style_weights"),
-    ({"kind": "style_transfer", "preset": "ultra"}, _files(GOOD, GOOD), 400, "preset"),
-    ({"kind": "style_transfer", "weights": "imagenet21k"}, _files(GOOD, GOOD), 400, "weights"),
-    ({"kind": "style_transfer", "seed": "4294967296"}, _files(GOOD, GOOD), 400, "seed"),
+    ({"kind": "style_transfer", "init": "photo"}, _raw(GOOD, GOOD), 400, "init"),
+    ({"kind": "style_transfer", "pooling": "min"}, _raw(GOOD, GOOD), 400, "pooling"),
+    ({"kind": "style_transfer", "multiscale": "maybe"}, _raw(GOOD, GOOD), 400, "multiscale"),
+    ({"kind": "style_transfer", "output_format": "gif"}, _raw(GOOD, GOOD), 400, "output_format"),
+    ({"kind": "style_transfer", "style_weights": "a,b"}, _raw(GOOD, GOOD), 400, "style_weights"),
+    ({"kind": "style_transfer", "style_weights": "0"}, _raw(GOOD, GOOD), 400, "style_weights"),
+    ({"kind": "style_transfer", "preset": "ultra"}, _raw(GOOD, GOOD), 400, "preset"),
+    ({"kind": "style_transfer", "weights": "imagenet21k"}, _raw(GOOD, GOOD), 400, "weights"),
+    ({"kind": "style_transfer", "seed": "4294967296"}, _raw(GOOD, GOOD), 400, "seed"),
     (
         {"kind": "style_transfer", "webhook_events": "start"},
-        _files(GOOD, GOOD),
+        _raw(GOOD, GOOD),
         400,
         "webhook_events",
     ),
-    ({"kind": "style_transfer", "content": "not-a-file"}, _files(style=GOOD), 400, "content"),
+    ({"kind": "style_transfer", "content": "not-a-file"}, _raw(style=GOOD), 400, "content"),
     (
-        {"kind": "style_transfer", "mask": (io.BytesIO(GOOD), "m.png")},
-        _files(GOOD, GOOD),
+        {"kind": "style_transfer", "mask": GOOD},
+        _raw(GOOD, GOOD),
         400,
         "mask",
     ),
     (
         {
             "kind": "style_transfer",
-            "content": [(io.BytesIO(GOOD), "a.png"), (io.BytesIO(GOOD), "b.png")],
+            "content": [GOOD, GOOD],
         },
-        _files(style=GOOD),
+        _raw(style=GOOD),
         400,
         "content",
     ),
     (
-        {"kind": "style_transfer", "style": [(io.BytesIO(GOOD), f"s{i}.png") for i in range(9)]},
-        _files(content=GOOD),
+        {"kind": "style_transfer", "style": [GOOD] * 9},
+        _raw(content=GOOD),
         400,
         "style",
     ),
@@ -113,7 +131,9 @@ CASES = [
 def test_bad_submit_is_refused_and_leaves_nothing(client, settings, form, files, status, field):
     before = redis.Redis.from_url(settings.redis_url).llen("gpu")
     response = client.post(
-        "/api/v1/jobs", data={**form, **files}, content_type="multipart/form-data"
+        "/api/v1/jobs",
+        data={**_uploads(form), **_files(**files)},
+        content_type="multipart/form-data",
     )
     assert response.status_code == status, response.get_json()
     error = response.get_json()["error"]
