@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import shlex
@@ -11,12 +12,9 @@ import subprocess
 import sys
 import threading
 
-from shared import migrate
 from shared.queue import CPU_QUEUE, GPU_QUEUE
 from shared.settings import load_settings
 from worker.client_cli import add_parsers as add_client
-from worker.finetune_cli import add_parser as add_finetune
-from worker.stylize_cli import add_parser as add_stylize
 
 KNOWN_QUEUES = frozenset({GPU_QUEUE, CPU_QUEUE})
 
@@ -158,6 +156,8 @@ def _cmd_dispatcher(_args: argparse.Namespace) -> int:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
+    from shared import migrate
+
     url = load_settings().database_url
     if args.action == "upgrade":
         migrate.upgrade(url, args.revision or "head")
@@ -199,6 +199,31 @@ def _cmd_token(args: argparse.Namespace) -> int:
                 state = "revoked" if row.revoked_at else "live"
                 print(f"{row.id}\t{row.prefix}…\t{row.owner}\t{row.role}\t{state}")
     return 0
+
+
+# commands that run an engine here; their modules import torch, so they load on demand
+LOCAL_COMMANDS = {
+    "stylize": ("run style transfer locally (no queue)", "worker.stylize_cli"),
+    "finetune": ("run fine-tuning locally (no queue)", "worker.finetune_cli"),
+}
+
+
+def _add_local(sub: argparse._SubParsersAction, name: str, help_text: str, module: str) -> None:
+    """Register an engine command without importing torch for every other command.
+
+    The placeholder only lists the command in ``atelier --help``; ``main`` sends the
+    line to the engine CLI module's real parser.
+    """
+    placeholder = sub.add_parser(name, help=help_text, add_help=False)
+    placeholder.add_argument("rest", nargs=argparse.REMAINDER)
+    placeholder.set_defaults(func=lambda args: _run_local(name, module, args.rest))
+
+
+def _run_local(name: str, module: str, rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="atelier")
+    importlib.import_module(module).add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args([name, *rest])
+    return int(args.func(args) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=_cmd_token)
 
     add_client(sub)
-    add_stylize(sub)
-    add_finetune(sub)
+    for name, (help_text, module) in LOCAL_COMMANDS.items():
+        _add_local(sub, name, help_text, module)
     return parser
 
 
@@ -254,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LOCAL_COMMANDS:  # straight to the engine's own parser
+        return _run_local(argv[0], LOCAL_COMMANDS[argv[0]][1], argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
