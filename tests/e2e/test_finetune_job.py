@@ -45,6 +45,8 @@ def test_fine_tune_then_predict(live_server, e2e_worker):
     recorded = metrics["val_predictions"]
     tops = model.predict([data[p["name"]] for p in recorded], top_k=1)
     assert [t[0]["label"] for t in tops] == [p["predicted"] for p in recorded]
+    page = requests.get(f"{live_server}/jobs/{job['id']}", timeout=10).text
+    assert 'id="confusion"' in page and "discs" in page and "<svg" in page  # the real job's page
 
     images = [("image", (f"my photo {i}.png", data[f"squares/00{i}.png"], "image/png"))
               for i in range(3)]  # fmt: skip
@@ -57,6 +59,8 @@ def test_fine_tune_then_predict(live_server, e2e_worker):
     ).json()
     assert body["classes"] == ["discs", "squares"]
     assert [p["name"] for p in body["predictions"]] == [f"my photo {i}.png" for i in range(3)]
+    page = requests.get(f"{live_server}/jobs/{predicted['id']}", timeout=10).text
+    assert "my photo 0.png" in page and "squares" in page
     for prediction in body["predictions"]:
         assert len(prediction["top"]) == 2
         assert {"label", "probability"} == set(prediction["top"][0])
