@@ -5,6 +5,8 @@ The web side enqueues by task *name*, so it never imports the worker or torch.
 
 from __future__ import annotations
 
+from shared.settings import Settings
+
 RUN_JOB_TASK = "atelier.run_job"
 NOTIFY_TASK = "atelier.notify_webhook"
 DELIVER_WEBHOOK_TASK = "atelier.deliver_webhook"
@@ -15,20 +17,18 @@ CPU_QUEUE = "cpu"
 QUEUE_FOR_KIND = {"style_transfer": GPU_QUEUE, "fine_tune": GPU_QUEUE, "predict": GPU_QUEUE}
 
 
-def celery_config(
-    broker_url: str, *, soft_time_limit: int, time_limit: int, visibility_timeout: int
-) -> dict:
-    """Celery settings both sides share; see ARCHITECTURE.md for why each one is set."""
+def celery_config(settings: Settings) -> dict:
+    """Celery settings every sender and worker shares; ARCHITECTURE.md says why each is set."""
     return {
-        "broker_url": broker_url,
+        "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": soft_time_limit,
-        "task_time_limit": time_limit,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.time_limit,
         "task_default_queue": GPU_QUEUE,
         "task_routes": {
             RUN_JOB_TASK: {"queue": GPU_QUEUE},

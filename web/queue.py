@@ -23,14 +23,7 @@ log = logging.getLogger(__name__)
 
 def make_client(settings: Settings) -> Celery:
     client = Celery("atelier-web")
-    client.conf.update(
-        celery_config(
-            settings.broker_url,
-            soft_time_limit=settings.soft_time_limit,
-            time_limit=settings.time_limit,
-            visibility_timeout=settings.visibility_timeout,
-        )
-    )
+    client.conf.update(celery_config(settings))
     # fail fast when Redis is down: the row is committed and the outbox sweeper retries
     client.conf.broker_connection_timeout = 2
     client.conf.broker_connection_max_retries = 0

@@ -16,14 +16,7 @@ log = logging.getLogger(__name__)
 def make_celery() -> Celery:
     settings = get_settings()
     app = Celery("atelier")
-    app.conf.update(
-        celery_config(
-            settings.broker_url,
-            soft_time_limit=settings.soft_time_limit,
-            time_limit=settings.time_limit,
-            visibility_timeout=settings.visibility_timeout,
-        )
-    )
+    app.conf.update(celery_config(settings))
     app.conf.include = ["worker.tasks"]
     return app
 

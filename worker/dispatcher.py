@@ -49,14 +49,7 @@ SLOW_CHECKS_EVERY = 60.0
 def make_sender(settings: Settings) -> Send:
     """Publish by task name with a client of our own (no worker app import needed)."""
     client = Celery("atelier-dispatcher")
-    client.conf.update(
-        celery_config(
-            settings.broker_url,
-            soft_time_limit=settings.soft_time_limit,
-            time_limit=settings.time_limit,
-            visibility_timeout=settings.visibility_timeout,
-        )
-    )
+    client.conf.update(celery_config(settings))
 
     def send(task: str, args: list, queue: str) -> None:
         task_id = args[0] if task == RUN_JOB_TASK else None
