@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -64,8 +65,8 @@ class Judge:
             param.requires_grad_(False)
 
     def _features(self, image: Image.Image) -> dict[str, torch.Tensor]:
-        rgb = torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32)
-        x = rgb.T.reshape(3, image.height, image.width).flip(0)  # RGB -> BGR, 0–255
+        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy())
+        x = rgb.permute(2, 0, 1).flip(0)  # HWC RGB -> CHW BGR, 0–255
         x = x - torch.tensor(VGG_MEAN_BGR).view(3, 1, 1)
         with torch.no_grad():
             return self.net(x.unsqueeze(0), (CONTENT_LAYER, *STYLE_LAYERS))
