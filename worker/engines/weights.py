@@ -204,7 +204,11 @@ def load_vgg19(
 
 
 def weights_identity(source: str = "original") -> dict:
-    """Name, path and sha256 of a weight file, for recording alongside every result."""
+    """Name, file name and sha256 of a weight file, for recording alongside every result.
+
+    The file is named, not its path: results travel to users and into reports, and the
+    sha256 already identifies the bytes wherever they are installed.
+    """
     with _lock:
         if source not in _identities:
             path = weights_path(source)
@@ -215,7 +219,7 @@ def weights_identity(source: str = "original") -> dict:
             _identities[source] = {
                 "name": "vgg19-caffe-quantized" if source == "original" else "vgg19-imagenet1k-v1",
                 "source": source,
-                "file": str(path),
+                "file": path.name,
                 "sha256": digest.hexdigest(),
             }
         return dict(_identities[source])
