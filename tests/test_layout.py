@@ -167,7 +167,18 @@ def test_nothing_names_a_machine_path():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     for name in tracked.stdout.split():
         path = ROOT / name
-        if path.is_file() and path.suffix in {".py", ".md", ".yml", ".toml", ".html", ".js", ""}:
+        if path.is_file() and path.suffix in {
+            ".py",
+            ".md",
+            ".yml",
+            ".toml",
+            ".html",
+            ".js",
+            ".json",
+            ".sh",
+            ".css",
+            "",
+        }:
             text = path.read_text(errors="ignore")
             for marker in MACHINE_PATHS:
                 assert marker not in text, f"{name} names a machine path"
