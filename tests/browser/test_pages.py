@@ -99,7 +99,7 @@ def test_bad_upload_shows_the_servers_error_next_to_the_field(page, live_server)
 
 
 def test_style_job_progress_preview_and_result(page, live_server, screenshots):
-    job_id = submit_style(page, live_server, size=64, iterations=16)
+    job_id = submit_style(page, live_server, size=64, iterations=150)  # seen while running
     page.wait_for_selector("#status.status-processing", timeout=60_000)
     page.wait_for_selector("#result:not([hidden])", timeout=30_000)  # the live preview
     page.wait_for_selector("#charts svg.chart polyline")  # the loss curve, drawn while it runs
