@@ -12,13 +12,11 @@ from typing import Any
 
 from shared.archives import SafeArchive, file_names
 from shared.dataset_layout import plan_layout
-from shared.db import session_scope
 from shared.errors import InputError
-from shared.jobs import StoredFile, add_file
 from shared.settings import Settings
 from shared.storage import Storage, job_key
 from worker.engines.errors import InvalidInput
-from worker.progress import ProgressReporter, mark_processing
+from worker.progress import ProgressReporter, mark_processing, record_outputs, store_output
 
 ENGINE_PARAMS = (
     "backbone", "strategy", "epochs", "batch_size", "lr", "weight_decay", "image_size",
@@ -28,20 +26,9 @@ MODEL_FILE = "model.pt"
 PREDICT_BATCH = 16
 
 
-def _store(storage: Storage, job_id: str, name: str, data: bytes, content_type: str) -> StoredFile:
-    size = storage.put_bytes(job_key(job_id, name), data)
-    return StoredFile("result", name, content_type, size)
-
-
 def _read(storage: Storage, job_id: str, name: str) -> bytes:
     with storage.open(job_key(job_id, name)) as handle:
         return handle.read()
-
-
-def _record(settings: Settings, job_id: str, outputs: list[StoredFile]) -> None:
-    with session_scope(settings.database_url) as session:
-        for stored in outputs:
-            add_file(session, job_id, stored)
 
 
 def load_dataset(data: bytes):
@@ -88,12 +75,12 @@ def run_fine_tune(
     result = fine_tune(dataset, callback=on_progress, device=settings.device, **engine_args)
     metrics = {**result.metrics, "ignored_files": len(layout.ignored)}
     outputs = [
-        _store(storage, job_id, MODEL_FILE, result.checkpoint, "application/octet-stream"),
-        _store(storage, job_id, "metrics.json", json.dumps(metrics, indent=2).encode(),
+        store_output(storage, job_id, MODEL_FILE, result.checkpoint, "application/octet-stream"),
+        store_output(storage, job_id, "metrics.json", json.dumps(metrics, indent=2).encode(),
                "application/json"),
-        _store(storage, job_id, "model_card.md", result.model_card.encode(), "text/markdown"),
+        store_output(storage, job_id, "model_card.md", result.model_card.encode(), "text/markdown"),
     ]  # fmt: skip
-    _record(settings, job_id, outputs)
+    record_outputs(settings, job_id, outputs)
     return {
         "device": result.config.device,
         "accuracy": result.metrics["accuracy"],
@@ -139,8 +126,8 @@ def run_predict(
         reporter.report(current=len(predictions), total=len(data), stage="predicting", loss=None)
     body = {"model": model_id, "classes": model.classes, "predictions": predictions}
     outputs = [
-        _store(storage, job_id, "predictions.json", json.dumps(body, indent=2).encode(),
+        store_output(storage, job_id, "predictions.json", json.dumps(body, indent=2).encode(),
                "application/json")
     ]  # fmt: skip
-    _record(settings, job_id, outputs)
+    record_outputs(settings, job_id, outputs)
     return {"device": model.device, "model": model_id, "images": len(data)}

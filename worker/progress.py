@@ -27,6 +27,21 @@ THUMBNAIL_MAX_SIDE = 256
 HISTORY_LIMIT = 500
 
 
+def store_output(
+    storage: Storage, job_id: str, name: str, data: bytes, content_type: str, role: str = "result"
+) -> StoredFile:
+    """Write one job file and describe it for its row (see ``record_outputs``)."""
+    size = storage.put_bytes(job_key(job_id, name), data)
+    return StoredFile(role, name, content_type, size)
+
+
+def record_outputs(settings: Settings, job_id: str, outputs: list[StoredFile]) -> None:
+    """The file rows of outputs already written, in one transaction."""
+    with session_scope(settings.database_url) as session:
+        for stored in outputs:
+            add_file(session, job_id, stored)
+
+
 def _save_jpeg(
     storage: Storage, job_id: str, image: Image.Image, name: str, role: str, side: int
 ) -> StoredFile:
@@ -34,8 +49,7 @@ def _save_jpeg(
     small.thumbnail((side, side))
     buffer = io.BytesIO()
     small.save(buffer, "JPEG", quality=85)
-    size = storage.put_bytes(job_key(job_id, name), buffer.getvalue())
-    return StoredFile(role, name, "image/jpeg", size)
+    return store_output(storage, job_id, name, buffer.getvalue(), "image/jpeg", role)
 
 
 def save_preview(storage: Storage, job_id: str, image: Image.Image) -> StoredFile:

@@ -20,7 +20,6 @@ from sqlalchemy import select
 from shared import states
 from shared.db import session_scope
 from shared.images import load_rgb
-from shared.jobs import StoredFile, add_file
 from shared.models import Job
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, job_key, open_storage
@@ -32,8 +31,10 @@ from worker.progress import (
     Heartbeat,
     ProgressReporter,
     mark_processing,
+    record_outputs,
     save_preview,
     save_thumbnail,
+    store_output,
 )
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,6 @@ def _finish(settings: Settings, job_id: str, metrics: dict[str, Any]) -> str:
     )
 
 
-def _store_output(
-    storage: Storage, job_id: str, name: str, data: bytes, role: str, content_type: str
-) -> StoredFile:
-    size = storage.put_bytes(job_key(job_id, name), data)
-    return StoredFile(role, name, content_type, size)
-
-
 def run_style_transfer(
     job_id: str,
     params: dict[str, Any],
@@ -194,23 +188,18 @@ def run_style_transfer(
         "engine_seconds": round(time.monotonic() - started, 3),
     }
     outputs = [
-        _store_output(
-            storage, job_id, f"result.{extension}", buffer.getvalue(), "result", content_type
-        ),
-        _store_output(
+        store_output(storage, job_id, f"result.{extension}", buffer.getvalue(), content_type),
+        store_output(
             storage,
             job_id,
             "metrics.json",
             json.dumps(engine_metrics, indent=2, default=str).encode(),
-            "result",
             "application/json",
         ),
         save_preview(storage, job_id, result.image),
         save_thumbnail(storage, job_id, result.image),
     ]
-    with session_scope(settings.database_url) as session:
-        for stored in outputs:
-            add_file(session, job_id, stored)
+    record_outputs(settings, job_id, outputs)
     return {
         "device": result.metrics.get("device"),
         "seed": result.seed,
