@@ -15,7 +15,6 @@ unfreeze from the top, and can be rebuilt without pretrained weights from a chec
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import InvalidInput, WeightsUnavailable
-from .weights import weights_path
+from .weights import file_sha256, weights_path
 
 BACKBONES = ("vgg19", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")
 _VGG_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -33,7 +32,6 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _lock = threading.Lock()
 _vgg_state: dict[str, torch.Tensor] = {}
-_digests: dict[str, str] = {}
 
 
 class Backbone(nn.Module):
@@ -158,11 +156,4 @@ def build_backbone(name: str, *, pretrained: bool = True) -> Backbone:
 def backbone_weights_identity(name: str) -> dict:
     """File and sha256 of the pretrained weights, so a head-only checkpoint can be checked."""
     path = weights_path("original") if name == "vgg19" else torchvision_weights_file(name)
-    with _lock:
-        if str(path) not in _digests:
-            digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            _digests[str(path)] = digest.hexdigest()
-        return {"file": path.name, "sha256": _digests[str(path)]}
+    return {"file": path.name, "sha256": file_sha256(path)}

@@ -203,6 +203,22 @@ def load_vgg19(
         return _nets[key]
 
 
+_digest_lock = threading.Lock()
+_digests: dict[str, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a weight file, computed once per process (they are tens of MB)."""
+    with _digest_lock:
+        if str(path) not in _digests:
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            _digests[str(path)] = digest.hexdigest()
+        return _digests[str(path)]
+
+
 def weights_identity(source: str = "original") -> dict:
     """Name, file name and sha256 of a weight file, for recording alongside every result.
 
@@ -212,15 +228,11 @@ def weights_identity(source: str = "original") -> dict:
     with _lock:
         if source not in _identities:
             path = weights_path(source)
-            digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
             _identities[source] = {
                 "name": "vgg19-caffe-quantized" if source == "original" else "vgg19-imagenet1k-v1",
                 "source": source,
                 "file": path.name,
-                "sha256": digest.hexdigest(),
+                "sha256": file_sha256(path),
             }
         return dict(_identities[source])
 
@@ -230,3 +242,5 @@ def clear_cache() -> None:
     with _lock:
         _nets.clear()
         _identities.clear()
+    with _digest_lock:
+        _digests.clear()
