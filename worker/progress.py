@@ -91,7 +91,7 @@ class ProgressReporter:
         current: int,
         total: int,
         stage: str | None,
-        loss: float | None,
+        loss: float | Callable[[], float] | None,
         image: Callable[[], Image.Image] | None = None,
         detail: dict[str, Any] | None = None,
         force: bool = False,
@@ -105,6 +105,8 @@ class ProgressReporter:
         if not force and now - self.last_write < self.settings.progress_interval:
             return
         self.last_write = now
+        if callable(loss):  # a GPU loss is read only for the reports that are written
+            loss = loss()
         values: dict[str, Any] = {
             "progress_current": current,
             "progress_total": total,

@@ -171,7 +171,7 @@ def run_style_transfer(
             current=progress.step,
             total=progress.total,
             stage=f"scale {progress.scale}/{progress.scales}",
-            loss=float(progress.loss),
+            loss=lambda: progress.loss,  # read (a GPU sync) only when a report is written
             image=progress.image,
         )
 

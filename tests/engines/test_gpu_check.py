@@ -30,3 +30,6 @@ def test_gpu_check_cpu_fallback(tmp_path):
     assert impls == {("ours", 48), ("pastiche", 48)}
     assert all(row["ms_per_step"] > 0 for row in report["rows"])
     assert "ms/step" in proc.stdout
+    policies = [row["autotune"] for row in report["autotune_ab"]]
+    assert policies == ["never", "shipped", "always"]
+    assert all(row["seconds"] > 0 for row in report["autotune_ab"])

@@ -267,3 +267,27 @@ def test_small_cpu_scales_run_single_threaded_and_restore(content, style):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_style_gap_is_the_content_images_own_style_error(content, style):
+    """The style weight is relative to the gap between content and style (losses.py)."""
+    from worker.engines.losses import loss_terms, make_targets
+
+    net = load_vgg19("original", "max", torch.device("cpu"))
+    x = imaging.to_tensor(content, torch.device("cpu"))
+    s = imaging.to_tensor(style, torch.device("cpu"))
+    with torch.no_grad():
+        feats = net(x, ALL_LAYERS)
+        style_feats = net(s, ALL_LAYERS)
+    targets = make_targets(feats, {layer: gram(style_feats[layer]) for layer in STYLE_LAYERS})
+    at_content = loss_terms(feats, x, targets)
+    assert float(at_content.content) == 0.0
+    assert float(targets.style_gap) == pytest.approx(float(at_content.style), rel=1e-6)
+    same = make_targets(feats, {layer: gram(feats[layer]) for layer in STYLE_LAYERS})
+    assert float(same.style_gap) == pytest.approx(1e-3)  # style == content: floored, finite
+
+
+def test_scale_log_records_the_style_gap(content, style):
+    result = stylize(content, [style], size=48, iterations=4, seed=0, device="cpu")
+    gaps = [scale["style_gap"] for scale in result.metrics["scales"]]
+    assert gaps and all(gap > 0 for gap in gaps)

@@ -23,9 +23,9 @@ from torch.nn import functional as F
 
 from . import imaging, planning
 from .errors import InvalidInput, OutOfMemory
+from .lbfgs import LBFGS
 from .losses import (
     ALL_LAYERS,
-    CONTENT_LAYER,
     LossTerms,
     Targets,
     blend_grams,
@@ -42,6 +42,9 @@ ADAM_LR = 0.02  # in 0–1 pixel units: ~5 grey levels per step at the start
 EMA_BETA = 0.9  # iterate averaging (Adam only): smooths its step-to-step jitter
 PRECISIONS = ("auto", "fp32", "bf16")
 SMALL_SCALE_PIXELS = 160 * 160  # below this, CPU scales use one intra-op thread
+# cuDNN autotuning costs about a second per new shape (each scale of each aspect ratio is
+# one) and pays back only over many steps at one size: on by default only from here up.
+CUDNN_AUTOTUNE_MIN_PIXELS = 1024 * 768
 MIN_SIDE = 16  # four 2x poolings before relu5_1 must leave at least one pixel
 
 
@@ -51,16 +54,22 @@ class StyleProgress:
 
     ``image()`` renders the current iterate only when asked: a worker saves a preview every
     few seconds and must not pay for a GPU→PIL conversion on every step.  It renders the
-    state at call time, so call it from inside the callback.
+    state at call time, so call it from inside the callback.  ``loss`` is read lazily for
+    the same reason: a GPU runs ahead of the host until someone looks.
     """
 
     step: int
     total: int
     scale: int
     scales: int
-    loss: float
     elapsed: float
+    _loss: torch.Tensor = field(repr=False, compare=False)
     _render: Callable[[], Image.Image] = field(repr=False, compare=False)
+
+    @property
+    def loss(self) -> float:
+        """The step's loss.  Reading it waits for the GPU, so read it only to show it."""
+        return float(self._loss)
 
     def image(self) -> Image.Image:
         return self._render()
@@ -152,7 +161,7 @@ def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Ten
     content = imaging.to_tensor(imaging.resize(job.content, dims), job.device)
     source = imaging.luminance(content) if job.luminance else content
     with torch.no_grad():
-        content_feats = job.features(source, frozenset((CONTENT_LAYER,)))[CONTENT_LAYER]
+        content_feats = job.features(source)
     per_style = []
     side = max(16, round(job.params.style_scale * max(dims)))
     for style in job.styles:
@@ -195,15 +204,26 @@ def _initial(job: _Job, content: torch.Tensor) -> torch.Tensor:
     return torch.rand(shape, generator=generator).to(job.device)
 
 
-def _make_optimizer(job: _Job, image: torch.Tensor) -> torch.optim.Optimizer:
+def _make_optimizer(job: _Job, image: torch.Tensor) -> torch.optim.Adam | LBFGS:
     if job.params.optimizer == "adam":
         return torch.optim.Adam([image], lr=ADAM_LR)
-    history = planning.lbfgs_history(image.numel(), job.spare_bytes)
-    # One function evaluation per step (no line search), as in Gatys et al.'s reference
-    # code; the tolerances are off so a run never stops silently before its step budget.
-    return torch.optim.LBFGS(
-        [image], lr=1.0, max_iter=1, history_size=history, tolerance_grad=0.0, tolerance_change=0.0
-    )
+    # One function evaluation per step and no stopping test, so a run never ends silently
+    # before its step budget; no host syncs, so a GPU never waits on the optimiser.
+    return LBFGS(image, planning.lbfgs_history(image.numel(), job.spare_bytes))
+
+
+@contextmanager
+def _cudnn_autotune(device: torch.device, pixels: int) -> Iterator[None]:
+    """cudnn.benchmark on for large CUDA scales only (see CUDNN_AUTOTUNE_MIN_PIXELS)."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = pixels >= CUDNN_AUTOTUNE_MIN_PIXELS
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 @contextmanager
@@ -241,11 +261,12 @@ def _optimise_scale(
     p = job.params
     average = job.preset.average and p.optimizer == "adam"
     ema = image.detach().clone() if average else None
+    style_weight = p.style_weight / targets.style_gap  # weight = share of the gap to close
 
     def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
+        image.grad = None
         terms = loss_terms(job.features(image), image, targets)
-        loss = p.content_weight * terms.content + p.style_weight * terms.style
+        loss = p.content_weight * terms.content + style_weight * terms.style
         loss = loss + p.tv_weight * terms.tv
         loss.backward()
         job.terms = LossTerms(terms.content.detach(), terms.style.detach(), terms.tv.detach())
@@ -255,7 +276,7 @@ def _optimise_scale(
         return imaging.to_pil(_to_rgb(job, image.detach(), content))
 
     for _ in range(steps):
-        loss = float(optimizer.step(closure).detach())
+        loss = optimizer.step(closure).detach()
         if p.optimizer == "adam":
             with torch.no_grad():
                 image.clamp_(0, 1)
@@ -269,8 +290,8 @@ def _optimise_scale(
                     total=job.total,
                     scale=scale,
                     scales=scales,
-                    loss=loss,
                     elapsed=time.perf_counter() - job.started,
+                    _loss=loss,
                     _render=render,
                 )
             )
@@ -378,8 +399,6 @@ def stylize(
     dims, steps = _plan(params, preset_cfg, content_rgb)
     params = replace(params, iterations=sum(steps))
     spare = _check_memory(dims[-1], dev, bf16)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     try:
         return _run(
             params,
@@ -444,7 +463,8 @@ def _run(
             image = _initial(job, content_t)
         else:
             image = _upsample(job, image, content_t)
-        with _intra_op_threads(dev, scale_dims[0] * scale_dims[1]):
+        pixels = scale_dims[0] * scale_dims[1]
+        with _intra_op_threads(dev, pixels), _cudnn_autotune(dev, pixels):
             image = _optimise_scale(
                 job, image, targets, content_t, scale_steps, index + 1, len(dims)
             )
@@ -453,6 +473,7 @@ def _run(
                 "size": list(scale_dims),
                 "steps": scale_steps,
                 "seconds": round(time.perf_counter() - t0, 3),
+                "style_gap": round(float(targets.style_gap), 4),
             }
         )
     assert image is not None
