@@ -48,7 +48,7 @@ CONTENT_LAYER = "block4_relu2"
 STYLE_LAYERS = ("block1_relu1", "block2_relu1", "block3_relu1", "block4_relu1", "block5_relu1")
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 PASTICHE_STEPS = 1000  # its default
-TIMING_STEPS = (5, 25)  # short pastiche runs whose difference gives its time per step
+TIMING_STEPS = (5, 45)  # short pastiche runs whose difference gives its time per step
 
 
 class Judge:
@@ -225,6 +225,38 @@ def contact_sheet(
     return sheet
 
 
+def pastiche_side(
+    content: Path,
+    style: Path,
+    image: Path,
+    size: int,
+    seed: int,
+    env: dict[str, str],
+    device: str,
+    workdir: Path,
+    pastiche_from: Path | None,
+) -> tuple[Path | dict, float, dict]:
+    """Run pastiche here (1000 steps), or take its result from an earlier run.
+
+    ``pastiche_from`` is a folder of its images (judged here) or an earlier result JSON
+    (its distances, judged there by the same judge).  Returns (its image, or its recorded
+    record; its whole-job seconds; how that time was obtained).
+    """
+    if pastiche_from is None:
+        return image, run_pastiche(content, style, image, size, seed, env, device), {}
+    timing = extrapolated_pastiche_seconds(content, style, workdir, size, seed, env)
+    if pastiche_from.suffix == ".json":
+        earlier = json.loads(pastiche_from.read_text())
+        pair = f"{content.stem}_x_{style.stem}"
+        record = next(r for r in earlier["pairs"] if r["pair"] == pair and r["size"] == size)
+        source: Path | dict = record["pastiche"]
+        origin = f"{pastiche_from.name} ({earlier.get('machine', {}).get('gpu', 'earlier run')})"
+    else:
+        source = pastiche_from / image.name
+        origin = f"earlier full run ({image.name})"
+    return source, timing["seconds"], {"result_from": origin, "seconds_extrapolated": timing}
+
+
 def benchmark_size(
     size: int,
     pairs: list[tuple[Path, Path]],
@@ -236,6 +268,7 @@ def benchmark_size(
     device: str = "cpu",
     results: Path = RESULTS,
     pastiche_from: Path | None = None,
+    pastiche_only: bool = False,
 ) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
@@ -244,31 +277,40 @@ def benchmark_size(
     for content_path, style_path in pairs:
         name = f"{content_path.stem}_x_{style_path.stem}"
         ours_png = workdir / f"{name}_{size}_ours.png"
-        theirs_png = workdir / f"{name}_{size}_pastiche.png"
-        ours_t = [
-            run_ours(content_path, style_path, ours_png, size, seed, env, extra)
-            for _ in range(repeats)
-        ]
-        timing: dict = {}
-        if pastiche_from is None:
-            theirs_t = run_pastiche(content_path, style_path, theirs_png, size, seed, env, device)
-        else:  # its 1000-step image from an earlier run; its time extrapolated here
-            theirs_png = pastiche_from / theirs_png.name
-            timing = extrapolated_pastiche_seconds(
-                content_path, style_path, workdir, size, seed, env
-            )
-            theirs_t = timing["seconds"]
-        with (
-            Image.open(content_path) as c,
-            Image.open(style_path) as s,
-            Image.open(ours_png) as o,
-            Image.open(theirs_png) as p,
-        ):
-            c.load(), s.load(), o.load(), p.load()
-            ours_d, theirs_d = judge.distances(o, c, s), judge.distances(p, c, s)
-            rows.append([c, s, p, o])
-        ours_s = statistics.median(ours_t)
-        record = {
+        ours_t = []
+        if not pastiche_only:
+            ours_t = [
+                run_ours(content_path, style_path, ours_png, size, seed, env, extra)
+                for _ in range(repeats)
+            ]
+        theirs, theirs_t, how = pastiche_side(
+            content_path,
+            style_path,
+            workdir / f"{name}_{size}_pastiche.png",
+            size,
+            seed,
+            env,
+            device,
+            workdir,
+            pastiche_from,
+        )
+        with Image.open(content_path) as c, Image.open(style_path) as s:
+            c.load(), s.load()
+            if isinstance(theirs, dict):  # distances recorded by an earlier run
+                theirs_d = (theirs["content_distance"], theirs["style_distance"])
+                row = [c, s]
+            else:
+                with Image.open(theirs) as p:
+                    p.load()
+                    theirs_d = judge.distances(p, c, s)
+                row = [c, s, p]
+            if not pastiche_only:
+                with Image.open(ours_png) as o:
+                    o.load()
+                    ours_d = judge.distances(o, c, s)
+                row.append(o)
+            rows.append(row)
+        record: dict = {
             "pair": name,
             "size": size,
             "seed": seed,
@@ -277,45 +319,45 @@ def benchmark_size(
                 "content_distance": theirs_d[0],
                 "style_distance": theirs_d[1],
                 "steps": PASTICHE_STEPS,
-                **(
-                    {
-                        "image_from": f"earlier full run ({theirs_png.name})",
-                        "seconds_extrapolated": timing,
-                    }
-                    if timing
-                    else {}
-                ),
+                **how,
             },
-            "ours": {
+        }
+        line = f"{name:32s} {size:5d}  pastiche {theirs_t:7.1f}s c={theirs_d[0]:.4f} "
+        line += f"s={theirs_d[1]:.4f}"
+        if not pastiche_only:
+            ours_s = statistics.median(ours_t)
+            record["ours"] = {
                 "seconds": round(ours_s, 2),
                 "all_seconds": [round(t, 2) for t in ours_t],
                 "content_distance": ours_d[0],
                 "style_distance": ours_d[1],
                 "metrics": json.loads(ours_png.with_suffix(".json").read_text()),
-            },
-            "time_ratio": round(ours_s / theirs_t, 4),
-        }
-        record["reached_quality"] = (ours_d[0] <= theirs_d[0]) and (ours_d[1] <= theirs_d[1])
-        record["target_met"] = record["reached_quality"] and record["time_ratio"] <= 0.1
+            }
+            record["time_ratio"] = round(ours_s / theirs_t, 4)
+            record["reached_quality"] = ours_d[0] <= theirs_d[0] and ours_d[1] <= theirs_d[1]
+            record["target_met"] = record["reached_quality"] and record["time_ratio"] <= 0.1
+            line += (
+                f" | ours {ours_s:6.1f}s c={ours_d[0]:.4f} s={ours_d[1]:.4f}"
+                f" | ratio {record['time_ratio']:.3f} quality {record['reached_quality']}"
+            )
         records.append(record)
-        print(
-            f"{name:32s} {size:5d}  pastiche {theirs_t:7.1f}s c={theirs_d[0]:.4f} "
-            f"s={theirs_d[1]:.4f} | ours {ours_s:6.1f}s c={ours_d[0]:.4f} s={ours_d[1]:.4f}"
-            f" | ratio {record['time_ratio']:.3f} quality {record['reached_quality']}",
-            flush=True,
-        )
-    sheet = contact_sheet(rows, ["content", "style", "pastiche (1000 L-BFGS)", "ours (default)"])
-    sheet.save(results / f"{result_name(size, device)}.png")
-    return {
-        "size": size,
-        "pairs": records,
-        "all_targets_met": all(r["target_met"] for r in records),
-    }
+        print(line, flush=True)
+    labels = ["content", "style", "pastiche (1000 L-BFGS)", "ours (default)"]
+    if len(rows[0]) == 3 and not pastiche_only:  # pastiche's image is in the earlier run's
+        labels.remove("pastiche (1000 L-BFGS)")
+    contact_sheet(rows, labels[: len(rows[0])]).save(
+        results / f"{result_name(size, device, pastiche_only)}.png"
+    )
+    result: dict = {"size": size, "pairs": records}
+    if not pastiche_only:
+        result["all_targets_met"] = all(r["target_met"] for r in records)
+    return result
 
 
-def result_name(size: int, device: str) -> str:
+def result_name(size: int, device: str, pastiche_only: bool = False) -> str:
     """``style_vs_pastiche_512`` on the CPU, ``style_vs_pastiche_512_cuda`` on a GPU."""
     suffix = "" if device == "cpu" else "_" + device.split(":")[0]
+    suffix += "_pastiche_only" if pastiche_only else ""
     return f"style_vs_pastiche_{size}{suffix}"
 
 
@@ -344,12 +386,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where JSON/PNG go")
     parser.add_argument(
+        "--pastiche-only",
+        action="store_true",
+        help="run only pastiche and keep its images in <results>/tmp, for --pastiche-from",
+    )
+    parser.add_argument(
         "--pastiche-from",
         type=Path,
         default=None,
-        help="folder holding pastiche's 1000-step outputs from an earlier run (e.g. the same "
-        "benchmark on a GPU): judge those here and extrapolate its CPU time from "
-        f"{TIMING_STEPS[0]}- and {TIMING_STEPS[1]}-step runs instead of waiting hours",
+        help="pastiche's 1000-step results from an earlier run (e.g. this benchmark on a "
+        "GPU): a folder of its images (judged here) or that run's JSON (its distances); "
+        f"its CPU time is extrapolated from {TIMING_STEPS[0]}- and {TIMING_STEPS[1]}-step "
+        "runs here instead of waiting hours",
     )
     args = parser.parse_args(argv)
     pairs = []
@@ -372,10 +420,11 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.results,
             args.pastiche_from,
+            args.pastiche_only,
         )
         result["machine"] = machine(args.device)
         result["started_at"] = started_at
-        out = args.results / f"{result_name(size, args.device)}.json"
+        out = args.results / f"{result_name(size, args.device, args.pastiche_only)}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
     return 0
