@@ -20,6 +20,13 @@ from shared.settings import Settings
 COMMON_FIELDS = frozenset({"kind", "webhook", "webhook_events"})
 MIN_SIZE = 32
 MAX_STYLES = 8
+# VGG19's ReLU layers a loss may read (the engine's weights.RELU_LAYERS; a test keeps the
+# two equal, since this package imports no torch).
+VGG_LAYERS = (
+    "relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu3_4",
+    "relu4_1", "relu4_2", "relu4_3", "relu4_4", "relu5_1",
+)  # fmt: skip
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 
@@ -75,6 +82,20 @@ def _weights_list(field: str, raw: str, _settings: Settings) -> list[float]:
     return values
 
 
+def _layer_list(field: str, raw: str, _settings: Settings) -> list[str]:
+    parts = [p.strip().lower() for p in raw.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in VGG_LAYERS]
+    if not parts or unknown:
+        raise InputError(
+            f"{field} must be comma-separated layers from {', '.join(VGG_LAYERS)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+            field=field,
+        )
+    if len(set(parts)) != len(parts):
+        raise InputError(f"{field} must not repeat a layer", field=field)
+    return parts
+
+
 @dataclass(frozen=True)
 class Field:
     parse: Callable[[str, str, Settings], Any]
@@ -99,6 +120,9 @@ STYLE_FIELDS: dict[str, Field] = {
     "output_format": Field(_choice(("png", "jpeg", "webp")), "result file format"),
     "weights": Field(_choice(("original", "torchvision")), "VGG19 weights"),
     "style_weights": Field(_weights_list, "one weight per style image"),
+    "content_layer": Field(_choice(VGG_LAYERS), "VGG19 layer the content loss reads"),
+    "style_layers": Field(_layer_list, "VGG19 layers the style loss reads, comma-separated"),
+    "style_layer_weights": Field(_weights_list, "one weight per style layer"),
 }
 STYLE_DEFAULTS: dict[str, Any] = {
     "size": 512,
@@ -147,6 +171,14 @@ def validate_style_params(form: Mapping[str, str], settings: Settings) -> dict[s
         params[name] = spec.parse(name, raw, settings)
     if "seed" not in params:
         params["seed"] = secrets.randbelow(2**32)
+    layer_weights = params.get("style_layer_weights")
+    layers = params.get("style_layers", DEFAULT_STYLE_LAYERS)
+    if layer_weights is not None and len(layer_weights) != len(layers):
+        raise InputError(
+            f"style_layer_weights has {len(layer_weights)} values for {len(layers)} style "
+            "layers: give one weight per layer in style_layers",
+            field="style_layer_weights",
+        )
     return params
 
 

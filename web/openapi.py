@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, render_template
 
-from shared.params import MAX_STYLES, MIN_SIZE, STYLE_DEFAULTS, STYLE_FIELDS
+from shared.params import MAX_STYLES, MIN_SIZE, STYLE_DEFAULTS, STYLE_FIELDS, VGG_LAYERS
 from shared.settings import Settings
 from shared.states import ERROR_CODES, STATUSES
 from web import db
@@ -49,6 +49,12 @@ def style_field_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
         "output_format": _enum("png", "jpeg", "webp"),
         "weights": _enum("original", "torchvision"),
         "style_weights": {"type": "string", "pattern": r"^[0-9.eE+-]+(,[0-9.eE+-]+)*$"},
+        "content_layer": _enum(*VGG_LAYERS),
+        "style_layers": {"type": "string", "pattern": r"^relu[1-5]_[1-4](,relu[1-5]_[1-4])*$"},
+        "style_layer_weights": {
+            "type": "string",
+            "pattern": r"^[0-9.eE+-]+(,[0-9.eE+-]+)*$",
+        },
     }
     schemas = {}
     for name, spec in STYLE_FIELDS.items():

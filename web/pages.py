@@ -17,7 +17,7 @@ from shared import states
 from shared.errors import InputError
 from shared.jobs import get_job, list_jobs
 from shared.models import Job
-from shared.params import STYLE_DEFAULTS
+from shared.params import STYLE_DEFAULTS, VGG_LAYERS
 from shared.storage import open_storage
 from web import csrf, db
 from web.auth import current_owner, owner_filter
@@ -51,7 +51,7 @@ GALLERY_PAGE = 24
 STYLE_EXPERT = (
     "iterations", "seed", "optimizer", "init", "pooling", "preserve_color", "style_scale",
     "multiscale", "output_format", "content_weight", "style_weight", "tv_weight",
-    "style_weights", "weights",
+    "style_weights", "weights", "content_layer", "style_layers", "style_layer_weights",
 )  # fmt: skip
 FINE_TUNE_EXPERT = ("epochs", "batch_size", "lr", "image_size", "val_split", "augment", "seed")
 
@@ -74,6 +74,7 @@ def _form(kind: str, error: InputError | None = None, status: int = 200):
             kind=kind,
             available=set(HANDLERS),
             defaults=STYLE_DEFAULTS,
+            vgg_layers=VGG_LAYERS,
             settings=db.settings(),
             error=error,
             values=values,

@@ -48,7 +48,8 @@ OUTPUT_TYPES = {
 ENGINE_PARAMS = (
     "size", "iterations", "preset", "strength", "style_weights", "content_weight",
     "style_weight", "tv_weight", "optimizer", "init", "pooling", "preserve_color",
-    "style_scale", "multiscale", "seed", "weights",
+    "style_scale", "multiscale", "seed", "weights", "content_layer", "style_layers",
+    "style_layer_weights",
 )  # fmt: skip
 
 

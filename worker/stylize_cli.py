@@ -24,7 +24,7 @@ from worker.engines.params import (
     PRESETS,
 )
 from worker.engines.style_transfer import PRECISIONS, StyleProgress, stylize
-from worker.engines.weights import POOLINGS, SOURCES
+from worker.engines.weights import POOLINGS, RELU_LAYERS, SOURCES
 
 BAR_WIDTH = 30
 
@@ -34,6 +34,10 @@ def _floats(text: str) -> list[float]:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -73,6 +77,21 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
     parser.add_argument("--preserve-color", choices=PRESERVE_COLORS, default=d.preserve_color)
     parser.add_argument("--style-scale", type=float, default=d.style_scale)
+    parser.add_argument("--content-layer", choices=RELU_LAYERS, default=d.content_layer)
+    parser.add_argument(
+        "--style-layers",
+        type=_names,
+        default=d.style_layers,
+        metavar="L1,L2,...",
+        help=f"VGG19 layers of the style loss (default: {','.join(d.style_layers)})",
+    )
+    parser.add_argument(
+        "--style-layer-weights",
+        type=_floats,
+        default=None,
+        metavar="W1,W2,...",
+        help="one weight per style layer (normalised; default equal)",
+    )
     parser.add_argument(
         "--no-multiscale",
         dest="multiscale",
@@ -164,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
             pooling=args.pooling,
             preserve_color=args.preserve_color,
             style_scale=args.style_scale,
+            content_layer=args.content_layer,
+            style_layers=args.style_layers,
+            style_layer_weights=args.style_layer_weights,
             multiscale=args.multiscale,
             seed=args.seed,
             weights=args.weights,

@@ -206,6 +206,13 @@ def test_callback_reports_progress_and_can_cancel(content, style):
         ("weights", "imagenet"),
         ("device", "tpu"),
         ("multiscale", "no"),
+        ("content_layer", "relu6_1"),
+        ("style_layers", []),
+        ("style_layers", "relu1_1"),
+        ("style_layers", ["relu1_1", "relu1_1"]),
+        ("style_layers", ["conv1_1"]),
+        ("style_layer_weights", [1.0, 1.0]),
+        ("style_layer_weights", [0, 0, 0, 0, 0]),
     ],
 )
 def test_invalid_parameters_are_named(content, style, name, value):
@@ -249,7 +256,10 @@ def test_style_targets_are_reused_across_calls(content, style, monkeypatch):
     assert len(computed) == first  # a second job with the same style hits the LRU
 
 
-def test_small_cpu_scales_run_single_threaded_and_restore(content, style):
+def test_small_cpu_scales_run_single_threaded_and_restore(content, style, monkeypatch):
+    from worker.engines import style_transfer
+
+    monkeypatch.setattr(style_transfer, "_cores_busy", lambda: True)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -291,3 +301,45 @@ def test_scale_log_records_the_style_gap(content, style):
     result = stylize(content, [style], size=48, iterations=4, seed=0, device="cpu")
     gaps = [scale["style_gap"] for scale in result.metrics["scales"]]
     assert gaps and all(gap > 0 for gap in gaps)
+
+
+def test_layer_choice_is_used_and_recorded(content, style):
+    """A zero-weight style layer changes nothing; other layers and weights change the image."""
+    two = ["relu1_1", "relu3_1"]
+    only_first = stylize(content, [style], size=48, style_layers=["relu1_1"], **FAST)
+    zeroed = stylize(
+        content, [style], size=48, style_layers=two, style_layer_weights=[1, 0], **FAST
+    )
+    mixed = stylize(content, [style], size=48, style_layers=two, style_layer_weights=[1, 3], **FAST)
+    deeper = stylize(content, [style], size=48, content_layer="relu3_1", **FAST)
+    default = stylize(content, [style], size=48, **FAST)
+    assert only_first.image.tobytes() == zeroed.image.tobytes()
+    assert mixed.image.tobytes() != zeroed.image.tobytes()
+    assert deeper.image.tobytes() != default.image.tobytes()
+    params = mixed.metrics["params"]
+    assert params["style_layers"] == two
+    assert params["style_layer_weights"] == [0.25, 0.75]
+    assert default.metrics["params"]["content_layer"] == "relu4_2"
+    assert default.metrics["params"]["style_layers"] == list(STYLE_LAYERS)
+
+
+def test_small_cpu_scales_keep_their_threads_on_idle_cores(content, style, monkeypatch):
+    from worker.engines import style_transfer
+
+    monkeypatch.setattr(style_transfer, "_cores_busy", lambda: False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        stylize(
+            content,
+            [style],
+            size=64,
+            iterations=3,
+            seed=0,
+            device="cpu",
+            callback=lambda p: seen.append(torch.get_num_threads()),
+        )
+        assert seen == [2, 2, 2]
+    finally:
+        torch.set_num_threads(before)

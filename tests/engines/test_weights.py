@@ -88,3 +88,13 @@ def test_torchvision_weights_load_from_the_hub_cache_with_their_convention(empty
     )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert weights.weights_identity("torchvision")["file"] == path.name
+
+
+def test_web_validation_knows_the_same_layers_as_the_network():
+    """shared/ imports no torch, so it keeps its own copy of the layer names."""
+    from shared.params import DEFAULT_STYLE_LAYERS, VGG_LAYERS
+    from worker.engines.losses import STYLE_LAYERS
+    from worker.engines.weights import RELU_LAYERS
+
+    assert VGG_LAYERS == RELU_LAYERS
+    assert DEFAULT_STYLE_LAYERS == STYLE_LAYERS

@@ -94,6 +94,20 @@ CASES = [
     ({"kind": "style_transfer", "style_weights": "a,b"}, _raw(GOOD, GOOD), 400, "style_weights"),
     ({"kind": "style_transfer", "style_weights": "0"}, _raw(GOOD, GOOD), 400, "style_weights"),
     ({"kind": "style_transfer", "preset": "ultra"}, _raw(GOOD, GOOD), 400, "preset"),
+    ({"kind": "style_transfer", "content_layer": "fc7"}, _raw(GOOD, GOOD), 400, "content_layer"),
+    ({"kind": "style_transfer", "style_layers": "relu9_9"}, _raw(GOOD, GOOD), 400, "style_layers"),
+    (
+        {"kind": "style_transfer", "style_layers": "relu1_1,relu1_1"},
+        _raw(GOOD, GOOD),
+        400,
+        "style_layers",
+    ),
+    (
+        {"kind": "style_transfer", "style_layer_weights": "1,2"},
+        _raw(GOOD, GOOD),
+        400,
+        "style_layer_weights",
+    ),
     ({"kind": "style_transfer", "weights": "imagenet21k"}, _raw(GOOD, GOOD), 400, "weights"),
     ({"kind": "style_transfer", "seed": "4294967296"}, _raw(GOOD, GOOD), 400, "seed"),
     (

@@ -5,7 +5,8 @@ orders of magnitude between layers, which is why classic implementations need pe
 weight tuning.  Here every term is a *relative* squared error:
 
 * content: ‖F − Fc‖² / ‖Fc‖² at relu4_2,
-* style:   mean over layers of ‖G − Gs‖² / ‖Gs‖², with G = F Fᵀ / (C·H·W),
+* style:   mean over layers of ‖G − Gs‖² / ‖Gs‖², with G = F Fᵀ / (C·H·W) (weighted
+           when the caller chooses layer weights),
 * tv:      mean squared difference of neighbouring pixels (0–1 units).
 
 The style term is further divided by the *style gap*: the style error of the content
@@ -30,6 +31,22 @@ STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 ALL_LAYERS = frozenset((CONTENT_LAYER, *STYLE_LAYERS))
 
 
+@dataclass(frozen=True)
+class LayerChoice:
+    """Which VGG layers the losses read, and each style layer's share (summing to 1)."""
+
+    content: str = CONTENT_LAYER
+    style: tuple[str, ...] = STYLE_LAYERS
+    style_weights: tuple[float, ...] = tuple(1 / len(STYLE_LAYERS) for _ in STYLE_LAYERS)
+
+    @property
+    def all(self) -> frozenset[str]:
+        return frozenset((self.content, *self.style))
+
+
+DEFAULT_LAYERS = LayerChoice()
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrix F Fᵀ / (C·H·W) of a (1, C, H, W) map, always in fp32.
 
@@ -51,6 +68,7 @@ class Targets:
     grams: dict[str, torch.Tensor]
     gram_norms: dict[str, torch.Tensor]
     style_gap: torch.Tensor  # style error of the content image itself (≥ a small floor)
+    layers: LayerChoice = DEFAULT_LAYERS
 
 
 def blend_grams(
@@ -63,7 +81,7 @@ def blend_grams(
     """
     return {
         layer: sum(w * grams[layer] for w, grams in zip(blend, per_style, strict=True))
-        for layer in STYLE_LAYERS
+        for layer in per_style[0]
     }
 
 
@@ -71,17 +89,21 @@ MIN_STYLE_GAP = 1e-3  # a style image that *is* the content: keep the weight fin
 
 
 def make_targets(
-    content_features: dict[str, torch.Tensor], grams: dict[str, torch.Tensor]
+    content_features: dict[str, torch.Tensor],
+    grams: dict[str, torch.Tensor],
+    layers: LayerChoice = DEFAULT_LAYERS,
 ) -> Targets:
     """Targets from the content image's features at every loss layer and the style Grams."""
-    content = content_features[CONTENT_LAYER].detach().float()
+    content = content_features[layers.content].detach().float()
     gram_norms = {k: g.pow(2).sum().clamp_min(1e-12) for k, g in grams.items()}
+    gap = style_error(content_features, grams, gram_norms, layers)
     return Targets(
         content=content,
         content_norm=content.pow(2).sum().clamp_min(1e-12),
         grams=grams,
         gram_norms=gram_norms,
-        style_gap=style_error(content_features, grams, gram_norms).clamp_min(MIN_STYLE_GAP),
+        style_gap=gap.clamp_min(MIN_STYLE_GAP),
+        layers=layers,
     )
 
 
@@ -89,13 +111,14 @@ def style_error(
     features: dict[str, torch.Tensor],
     grams: dict[str, torch.Tensor],
     gram_norms: dict[str, torch.Tensor],
+    layers: LayerChoice = DEFAULT_LAYERS,
 ) -> torch.Tensor:
-    """Mean over the style layers of ‖G − Gs‖² / ‖Gs‖²."""
-    total = torch.zeros((), dtype=torch.float32, device=grams[STYLE_LAYERS[0]].device)
-    for layer in STYLE_LAYERS:
+    """Weighted mean over the style layers of ‖G − Gs‖² / ‖Gs‖²."""
+    total = torch.zeros((), dtype=torch.float32, device=grams[layers.style[0]].device)
+    for layer, weight in zip(layers.style, layers.style_weights, strict=True):
         diff = gram(features[layer]) - grams[layer]
-        total = total + diff.pow(2).sum() / gram_norms[layer]
-    return total / len(STYLE_LAYERS)
+        total = total + weight * (diff.pow(2).sum() / gram_norms[layer])
+    return total
 
 
 @dataclass
@@ -119,7 +142,7 @@ def loss_terms(
     ``style`` is the plain relative error (what the metrics report); the optimised term
     divides it by ``targets.style_gap``.
     """
-    content = (features[CONTENT_LAYER].float() - targets.content).pow(2).sum()
+    content = (features[targets.layers.content].float() - targets.content).pow(2).sum()
     content = content / targets.content_norm
-    style = style_error(features, targets.grams, targets.gram_norms)
+    style = style_error(features, targets.grams, targets.gram_norms, targets.layers)
     return LossTerms(content=content, style=style, tv=tv_loss(image))

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .errors import InvalidInput
-from .weights import POOLINGS, SOURCES
+from .losses import CONTENT_LAYER, STYLE_LAYERS
+from .weights import POOLINGS, RELU_LAYERS, SOURCES
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "gray")
@@ -81,6 +82,8 @@ class Defaults:
     pooling: str = "max"
     preserve_color: str = "none"
     style_scale: float = 1.0
+    content_layer: str = CONTENT_LAYER
+    style_layers: tuple[str, ...] = STYLE_LAYERS
     multiscale: bool = True
     weights: str = "original"
     device: str = "auto"
@@ -125,6 +128,9 @@ class StyleParams:
     pooling: str
     preserve_color: str
     style_scale: float
+    content_layer: str
+    style_layers: tuple[str, ...]
+    style_layer_weights: tuple[float, ...]  # normalised to sum 1
     multiscale: bool
     seed: int
     weights: str
@@ -132,7 +138,8 @@ class StyleParams:
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        data["style_weights"] = list(self.style_weights)
+        for name in ("style_weights", "style_layers", "style_layer_weights"):
+            data[name] = list(data[name])
         return data
 
 
@@ -171,20 +178,36 @@ def _device(value: object) -> str:
     raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, got {value!r}", "device")
 
 
-def _blend(style_weights: Sequence[float] | None, n_styles: int) -> tuple[float, ...]:
-    if style_weights is None:
-        return tuple(1.0 / n_styles for _ in range(n_styles))
-    weights = list(style_weights)
-    if len(weights) != n_styles:
-        raise InvalidInput(
-            f"style_weights needs one weight per style image ({n_styles}), got {len(weights)}",
-            "style_weights",
-        )
-    values = [_number("style_weights", w, 0.0, 1e6) for w in weights]
-    total = sum(values)
+def _normalised(
+    name: str, weights: Sequence[float] | None, count: int, per: str
+) -> tuple[float, ...]:
+    """``count`` non-negative weights scaled to sum 1; equal weights when None."""
+    if weights is None:
+        return tuple(1.0 / count for _ in range(count))
+    values = list(weights)
+    if len(values) != count:
+        raise InvalidInput(f"{name} needs one weight per {per} ({count}), got {len(values)}", name)
+    numbers = [_number(name, w, 0.0, 1e6) for w in values]
+    total = sum(numbers)
     if total <= 0:
-        raise InvalidInput("style_weights must not all be zero", "style_weights")
-    return tuple(v / total for v in values)
+        raise InvalidInput(f"{name} must not all be zero", name)
+    return tuple(v / total for v in numbers)
+
+
+def _blend(style_weights: Sequence[float] | None, n_styles: int) -> tuple[float, ...]:
+    return _normalised("style_weights", style_weights, n_styles, "style image")
+
+
+def _style_layers(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise InvalidInput(
+            f"style_layers must be a non-empty list of layers from {', '.join(RELU_LAYERS)}",
+            "style_layers",
+        )
+    layers = tuple(_choice("style_layers", layer, RELU_LAYERS) for layer in value)
+    if len(set(layers)) != len(layers):
+        raise InvalidInput("style_layers must not repeat a layer", "style_layers")
+    return layers
 
 
 def resolve_params(n_styles: int, **kw: object) -> StyleParams:
@@ -203,6 +226,7 @@ def resolve_params(n_styles: int, **kw: object) -> StyleParams:
     iterations = kw["iterations"]
     if iterations is not None:
         iterations = _integer("iterations", iterations, 1, LIMITS.max_iterations)
+    style_layers = _style_layers(kw["style_layers"])
     seed = kw["seed"]
     if seed is None:
         seed = secrets.randbelow(2**31)
@@ -219,6 +243,11 @@ def resolve_params(n_styles: int, **kw: object) -> StyleParams:
         style_scale=_number(
             "style_scale", kw["style_scale"], LIMITS.min_style_scale, LIMITS.max_style_scale
         ),
+        content_layer=_choice("content_layer", kw["content_layer"], RELU_LAYERS),
+        style_layers=style_layers,
+        style_layer_weights=_normalised(
+            "style_layer_weights", kw["style_layer_weights"], len(style_layers), "style layer"
+        ),  # type: ignore[arg-type]
         multiscale=_flag("multiscale", kw["multiscale"]),
         seed=_integer("seed", seed, 0, LIMITS.max_seed),
         weights=_choice("weights", kw["weights"], SOURCES),

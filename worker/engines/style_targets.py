@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable
 import torch
 from PIL import Image
 
-from .losses import STYLE_LAYERS, gram
+from .losses import gram
 
 MAX_ENTRIES = 32
 
@@ -34,16 +34,18 @@ def image_digest(image: Image.Image) -> str:
 def style_grams(
     key: Hashable,
     make_input: Callable[[], torch.Tensor],
-    features: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    features: Callable[[torch.Tensor, frozenset[str]], dict[str, torch.Tensor]],
+    layers: tuple[str, ...],
 ) -> dict[str, torch.Tensor]:
-    """Return the style Grams for ``key``, computing them from ``make_input()`` on a miss."""
+    """The style Grams at ``layers`` for ``key``; computed from ``make_input()`` on a miss."""
+    key = (key, layers)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
     with torch.no_grad():
-        feats = features(make_input())
-        grams = {layer: gram(feats[layer]) for layer in STYLE_LAYERS}
+        feats = features(make_input(), frozenset(layers))
+        grams = {layer: gram(feats[layer]) for layer in layers}
     with _lock:
         _cache[key] = grams
         while len(_cache) > MAX_ENTRIES:

@@ -12,6 +12,7 @@ the same weights give the same look at every size.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from . import imaging, planning
 from .errors import InvalidInput, OutOfMemory
 from .lbfgs import LBFGS
 from .losses import (
-    ALL_LAYERS,
+    LayerChoice,
     LossTerms,
     Targets,
     blend_grams,
@@ -112,9 +113,15 @@ class _Job:
     def luminance(self) -> bool:
         return self.params.preserve_color == "luminance"
 
+    @property
+    def layers(self) -> LayerChoice:
+        p = self.params
+        return LayerChoice(p.content_layer, p.style_layers, p.style_layer_weights)
+
     def features(
-        self, image: torch.Tensor, layers: frozenset[str] = ALL_LAYERS
+        self, image: torch.Tensor, layers: frozenset[str] | None = None
     ) -> dict[str, torch.Tensor]:
+        layers = self.layers.all if layers is None else layers
         if image.shape[1] == 1:  # luminance-only run: VGG sees a gray RGB image
             image = image.expand(-1, 3, -1, -1)
         if self.device.type == "cuda":
@@ -188,9 +195,10 @@ def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Ten
                 return imaging.match_luminance(imaging.luminance(x), source)
             return x
 
-        per_style.append(style_grams(key, make_input, job.features))
+        per_style.append(style_grams(key, make_input, job.features, job.layers.style))
     weights = [s.weight for s in job.styles]
-    return make_targets(content_feats, blend_grams(per_style, weights)), content
+    targets = make_targets(content_feats, blend_grams(per_style, weights), job.layers)
+    return targets, content
 
 
 def _initial(job: _Job, content: torch.Tensor) -> torch.Tensor:
@@ -226,16 +234,41 @@ def _cudnn_autotune(device: torch.device, pixels: int) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+def _cores_busy(samples: int = 3) -> bool:
+    """Whether other threads already want every core, right now.
+
+    Reads the instantaneous runnable count of /proc/loadavg (ours included: this thread),
+    a few times, keeping the smallest.  Not the 1-minute average: that still counts the
+    job this worker just finished, or a neighbour that has since stopped.
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as fh:
+                counts.append(int(fh.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):  # not Linux: assume idle cores
+            return False
+        if i + 1 < samples:
+            time.sleep(0.01)
+    return min(counts) - 1 >= (os.cpu_count() or 1)
+
+
 @contextmanager
 def _intra_op_threads(device: torch.device, pixels: int) -> Iterator[None]:
-    """Run small CPU scales on one intra-op thread.
+    """Run small CPU scales on one intra-op thread while other work fills the cores.
 
     A 128 px VGG pass is made of many small ops, each ending in an OpenMP barrier.  On a
-    busy machine (workers share cores) every barrier waits for a descheduled thread, and we
-    measured a 128x96 step on 2 threads costing as much as a 256x192 one (2.2 s) while one
-    thread took 0.57 s.  Large scales keep the default, where threads pay off.
+    busy machine every barrier waits for a descheduled thread, and we measured a 128x96
+    step on 2 threads costing as much as a 256x192 one (2.2 s) while one thread took
+    0.57 s.  On idle cores the threads pay off at every scale, so the switch is made only
+    when the load average says the cores are taken.
     """
-    if device.type != "cpu" or pixels >= SMALL_SCALE_PIXELS or torch.get_num_threads() == 1:
+    if (
+        device.type != "cpu"
+        or pixels >= SMALL_SCALE_PIXELS
+        or torch.get_num_threads() == 1
+        or not _cores_busy()
+    ):
         yield
         return
     before = torch.get_num_threads()
@@ -355,6 +388,9 @@ def stylize(
     pooling: str = DEFAULTS.pooling,
     preserve_color: str = DEFAULTS.preserve_color,
     style_scale: float = DEFAULTS.style_scale,
+    content_layer: str = DEFAULTS.content_layer,
+    style_layers: Sequence[str] = DEFAULTS.style_layers,
+    style_layer_weights: Sequence[float] | None = None,
     multiscale: bool = DEFAULTS.multiscale,
     seed: int | None = None,
     weights: str = DEFAULTS.weights,
@@ -386,6 +422,9 @@ def stylize(
         pooling=pooling,
         preserve_color=preserve_color,
         style_scale=style_scale,
+        content_layer=content_layer,
+        style_layers=style_layers,
+        style_layer_weights=style_layer_weights,
         multiscale=multiscale,
         seed=seed,
         weights=weights,

@@ -51,6 +51,8 @@ _ARCH: tuple[tuple[str, int, int] | str, ...] = (
     ("conv5_1", 512, 512),
 )
 _CONVS = [entry for entry in _ARCH if not isinstance(entry, str)]
+# The layers a loss may use, in network order (each conv's ReLU: relu1_1 … relu5_1).
+RELU_LAYERS: tuple[str, ...] = tuple("relu" + name[4:] for name, _, _ in _CONVS)
 
 ORIGINAL_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
