@@ -256,10 +256,16 @@ def test_style_targets_are_reused_across_calls(content, style, monkeypatch):
     assert len(computed) == first  # a second job with the same style hits the LRU
 
 
-def test_small_cpu_scales_run_single_threaded_and_restore(content, style, monkeypatch):
+@pytest.mark.parametrize(
+    ("busy", "expected"),
+    [(True, [1, 1, 1]), (False, [2, 2, 2])],  # every scale of a 64 px job is "small"
+)
+def test_small_cpu_scales_go_single_threaded_only_on_busy_cores(
+    content, style, monkeypatch, busy, expected
+):
     from worker.engines import style_transfer
 
-    monkeypatch.setattr(style_transfer, "_cores_busy", lambda: True)
+    monkeypatch.setattr(style_transfer, "_cores_busy", lambda: busy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -273,7 +279,7 @@ def test_small_cpu_scales_run_single_threaded_and_restore(content, style, monkey
             device="cpu",
             callback=lambda p: seen.append(torch.get_num_threads()),
         )
-        assert seen == [1, 1, 1]  # every scale of a 64 px job is "small"
+        assert seen == expected
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -321,25 +327,3 @@ def test_layer_choice_is_used_and_recorded(content, style):
     assert params["style_layer_weights"] == [0.25, 0.75]
     assert default.metrics["params"]["content_layer"] == "relu4_2"
     assert default.metrics["params"]["style_layers"] == list(STYLE_LAYERS)
-
-
-def test_small_cpu_scales_keep_their_threads_on_idle_cores(content, style, monkeypatch):
-    from worker.engines import style_transfer
-
-    monkeypatch.setattr(style_transfer, "_cores_busy", lambda: False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        seen = []
-        stylize(
-            content,
-            [style],
-            size=64,
-            iterations=3,
-            seed=0,
-            device="cpu",
-            callback=lambda p: seen.append(torch.get_num_threads()),
-        )
-        assert seen == [2, 2, 2]
-    finally:
-        torch.set_num_threads(before)

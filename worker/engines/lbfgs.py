@@ -55,7 +55,7 @@ class LBFGS:
             else:
                 self._remember(grad)
                 direction = self._direction(grad)
-                scale = torch.full((), self.lr, device=grad.device, dtype=grad.dtype)
+                scale = self.lr
             descends = (grad.dot(direction) < 0).to(grad.dtype)
             step = direction.mul_(scale * descends)
             self.param.add_(step.view_as(self.param))
