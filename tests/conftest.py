@@ -268,6 +268,22 @@ def tiny_png(width: int = 48, height: int = 32, color=(200, 40, 40), pattern: bo
     return buffer.getvalue()
 
 
+def style_form(content: bytes | None = None, **fields) -> dict:
+    """The multipart fields of a small style-transfer submission; ``fields`` add or override.
+
+    Values are sent as strings, the way a browser or curl sends them.
+    """
+    import io
+
+    return {
+        "kind": "style_transfer",
+        "content": (io.BytesIO(content or tiny_png()), "c.png"),
+        "style": (io.BytesIO(tiny_png()), "s.png"),
+        "size": "48",
+        **{name: str(value) for name, value in fields.items()},
+    }
+
+
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

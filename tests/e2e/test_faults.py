@@ -6,7 +6,6 @@ its own database; heartbeats time out after a few seconds so the tests stay shor
 
 from __future__ import annotations
 
-import io
 import signal
 import subprocess
 import threading
@@ -21,7 +20,7 @@ from sqlalchemy import func, select
 from shared import migrate
 from shared.db import session_scope
 from shared.models import Job, JobFile
-from tests.conftest import WorkerProcess, make_settings, tiny_png, wait_for
+from tests.conftest import WorkerProcess, make_settings, style_form, tiny_png, wait_for
 from web import create_app
 from worker.dispatcher import run_forever
 from worker.embedded import free_port, redis_server_binary
@@ -59,12 +58,7 @@ def dispatcher(fault_settings):
 def _submit(client, **fields) -> str:
     response = client.post(
         "/api/v1/jobs",
-        data={
-            "kind": "style_transfer",
-            "content": (io.BytesIO(tiny_png(96, 96)), "c.png"),
-            "style": (io.BytesIO(tiny_png()), "s.png"),
-            **{k: str(v) for k, v in fields.items()},
-        },
+        data=style_form(tiny_png(96, 96), **fields),
         content_type="multipart/form-data",
     )
     assert response.status_code == 202, response.get_json()

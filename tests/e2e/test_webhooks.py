@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +12,7 @@ import pytest
 from shared import migrate
 from shared.secrets import persistent_secret
 from shared.webhooks import verify
-from tests.conftest import WorkerProcess, make_settings, tiny_png, wait_for
+from tests.conftest import WorkerProcess, make_settings, style_form, wait_for
 from web import create_app
 
 pytestmark = pytest.mark.slow
@@ -67,14 +66,7 @@ def _submit(settings, url: str, **fields):
     client = create_app({"ATELIER_SETTINGS": settings}).test_client()
     response = client.post(
         "/api/v1/jobs",
-        data={
-            "kind": "style_transfer",
-            "content": (io.BytesIO(tiny_png()), "c.png"),
-            "style": (io.BytesIO(tiny_png()), "s.png"),
-            "size": "48",
-            "webhook": url,
-            **fields,
-        },
+        data=style_form(webhook=url, **fields),
         content_type="multipart/form-data",
     )
     assert response.status_code == 202, response.get_json()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import subprocess
 import sys
@@ -12,18 +11,8 @@ import pytest
 
 from shared.db import session_scope
 from shared.tokens import create_token
-from tests.conftest import ROOT, settings_env, tiny_png
+from tests.conftest import ROOT, settings_env, style_form
 from web import create_app
-
-
-def _form(**extra) -> dict:
-    return {
-        "kind": "style_transfer",
-        "content": (io.BytesIO(tiny_png()), "c.png"),
-        "style": (io.BytesIO(tiny_png()), "s.png"),
-        "size": "48",
-        **extra,
-    }
 
 
 def _token(settings, owner: str, role: str = "user") -> str:
@@ -62,7 +51,7 @@ def test_another_owners_job_is_404_everywhere(token_app, settings):
     ann, bob = _token(settings, "ann"), _token(settings, "bob")
     admin = _token(settings, "root", "admin")
     job = client.post(
-        "/api/v1/jobs", data=_form(), headers=_auth(ann), content_type="multipart/form-data"
+        "/api/v1/jobs", data=style_form(), headers=_auth(ann), content_type="multipart/form-data"
     ).get_json()
     assert job["owner"] == "ann"
     job_id = job["id"]
@@ -130,7 +119,7 @@ def test_submit_rate_limit_answers_429_with_retry_after(settings):
     limited = dataclasses.replace(settings, submit_rate_per_minute=2)
     client = create_app({"ATELIER_SETTINGS": limited}).test_client()
     codes = [
-        client.post("/api/v1/jobs", data=_form(), content_type="multipart/form-data")
+        client.post("/api/v1/jobs", data=style_form(), content_type="multipart/form-data")
         for _ in range(3)
     ]
     assert [r.status_code for r in codes] == [202, 202, 429]
@@ -145,7 +134,7 @@ def test_active_job_quota_and_global_queue_cap(settings):
     def post():
         return client.post(
             "/api/v1/jobs",
-            data=_form(),
+            data=style_form(),
             content_type="multipart/form-data",
         )
 
@@ -157,7 +146,7 @@ def test_active_job_quota_and_global_queue_cap(settings):
     response = (
         create_app({"ATELIER_SETTINGS": full})
         .test_client()
-        .post("/api/v1/jobs", data=_form(), content_type="multipart/form-data")
+        .post("/api/v1/jobs", data=style_form(), content_type="multipart/form-data")
     )
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "queue_full"
 
@@ -165,16 +154,19 @@ def test_active_job_quota_and_global_queue_cap(settings):
 def test_idempotency_key_returns_the_first_job(client):
     headers = {"Idempotency-Key": "order-42"}
     first = client.post(
-        "/api/v1/jobs", data=_form(), headers=headers, content_type="multipart/form-data"
+        "/api/v1/jobs", data=style_form(), headers=headers, content_type="multipart/form-data"
     )
     again = client.post(
-        "/api/v1/jobs", data=_form(size="64"), headers=headers, content_type="multipart/form-data"
+        "/api/v1/jobs",
+        data=style_form(size="64"),
+        headers=headers,
+        content_type="multipart/form-data",
     )
     assert first.status_code == 202 and again.status_code == 200
     assert again.get_json()["id"] == first.get_json()["id"]
     other = client.post(
         "/api/v1/jobs",
-        data=_form(),
+        data=style_form(),
         headers={"Idempotency-Key": "order-43"},
         content_type="multipart/form-data",
     )
@@ -182,7 +174,7 @@ def test_idempotency_key_returns_the_first_job(client):
     assert len(client.get("/api/v1/jobs").get_json()["results"]) == 2
     too_long = client.post(
         "/api/v1/jobs",
-        data=_form(),
+        data=style_form(),
         headers={"Idempotency-Key": "k" * 300},
         content_type="multipart/form-data",
     )
@@ -203,7 +195,9 @@ def test_idempotency_key_returns_the_first_job(client):
 )
 def test_bad_webhooks_are_refused_at_submit(client, webhook, events):
     fields = {"webhook": webhook} | ({"webhook_events": events} if events else {})
-    response = client.post("/api/v1/jobs", data=_form(**fields), content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/jobs", data=style_form(**fields), content_type="multipart/form-data"
+    )
     assert response.status_code == 400
     assert response.get_json()["error"]["field"] in ("webhook", "webhook_events")
     assert client.get("/api/v1/jobs").get_json()["results"] == []

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import re
 
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from shared.params import STYLE_FIELDS
-from tests.conftest import tiny_png
+from tests.conftest import style_form
 
 
 def _validator(spec: dict, name: str) -> Draft202012Validator:
@@ -67,12 +66,7 @@ def test_real_answers_match_the_schemas(client):
     spec = client.get("/api/v1/openapi.json").json
     submitted = client.post(
         "/api/v1/jobs",
-        data={
-            "kind": "style_transfer",
-            "content": (io.BytesIO(tiny_png()), "c.png"),
-            "style": (io.BytesIO(tiny_png()), "s.png"),
-            "size": "48",
-        },
+        data=style_form(),
         content_type="multipart/form-data",
     )
     job_schema = _validator(spec, "Job")

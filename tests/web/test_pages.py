@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 from sqlalchemy import func, select
 
 from shared.db import session_scope
 from shared.models import Job
-from tests.conftest import tiny_png
+from tests.conftest import style_form
 
 
 def csrf_token(client) -> str:
@@ -27,13 +25,7 @@ def test_form_page_renders(client):
 def test_bad_upload_shows_the_error_next_to_the_field(client, settings):
     response = client.post(
         "/jobs",
-        data={
-            "csrf_token": csrf_token(client),
-            "kind": "style_transfer",
-            "content": (io.BytesIO(b"nope"), "c.png"),
-            "style": (io.BytesIO(tiny_png()), "s.png"),
-            "size": "128",
-        },
+        data=style_form(b"nope", csrf_token=csrf_token(client), size=128),
         content_type="multipart/form-data",
     )
     assert response.status_code == 415
@@ -48,13 +40,7 @@ def test_submit_redirects_to_job_page_and_cancel_works(client):
     token = csrf_token(client)
     response = client.post(
         "/jobs",
-        data={
-            "csrf_token": token,
-            "kind": "style_transfer",
-            "content": (io.BytesIO(tiny_png()), "c.png"),
-            "style": (io.BytesIO(tiny_png()), "s.png"),
-            "size": "48",
-        },
+        data=style_form(csrf_token=token),
         content_type="multipart/form-data",
     )
     assert response.status_code == 303
