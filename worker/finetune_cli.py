@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from shared.archives import is_junk
 from shared.dataset_layout import plan_layout
 from shared.errors import InputError
 from shared.params_finetune import BACKBONES, SCHEDULES, STRATEGIES
-from worker.engines.errors import Canceled, EngineError, InvalidInput
+from worker.engines.errors import InvalidInput
 from worker.finetune_runner import load_dataset
-
-BAR_WIDTH = 30
+from worker.local_run import EXIT_INVALID_INPUT, ProgressBar, run_engine
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -62,26 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-class _Bar:
-    """A one-line progress bar on stderr, redrawn at most ~10 times a second."""
-
-    def __init__(self) -> None:
-        self.stream = sys.stderr
-        self.last = 0.0
-
-    def __call__(self, p) -> None:
-        now = time.monotonic()
-        if p.step != p.total and now - self.last < 0.1:
-            return
-        self.last = now
-        filled = round(BAR_WIDTH * p.step / max(p.total, 1))
-        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        acc = f" val {p.val_accuracy:.3f}" if p.val_accuracy is not None else ""
-        epoch = f" epoch {p.epoch}/{p.epochs}" if p.epoch else ""
-        self.stream.write(f"\r[{bar}] {p.stage}{epoch}{acc} {p.elapsed:.1f}s\x1b[K")
-        if p.step >= p.total:
-            self.stream.write("\n")
-        self.stream.flush()
+def _describe(p) -> str:
+    """The progress bar's text: stage, epoch, validation accuracy so far, time."""
+    acc = f" val {p.val_accuracy:.3f}" if p.val_accuracy is not None else ""
+    epoch = f" epoch {p.epoch}/{p.epochs}" if p.epoch else ""
+    return f"{p.stage}{epoch}{acc} {p.elapsed:.1f}s"
 
 
 def _folder_dataset(root: Path):
@@ -117,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.data.exists():
         print(f"error (invalid_input): {args.data} does not exist", file=sys.stderr)
-        return 2
+        return EXIT_INVALID_INPUT
     params = {
         "backbone": args.backbone, "strategy": args.strategy, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
@@ -126,15 +109,10 @@ def run(args: argparse.Namespace) -> int:
         "early_stopping": args.early_stopping, "seed": args.seed, "device": args.device,
         "precision": args.precision,
     }  # fmt: skip
-    try:
-        dataset = _dataset(args.data)
-        result = fine_tune(dataset, callback=None if args.quiet else _Bar(), **params)
-    except EngineError as exc:
-        print(f"\nerror ({exc.code}): {exc}", file=sys.stderr)
-        return 2 if exc.code == "invalid_input" else 1
-    except (KeyboardInterrupt, Canceled):
-        print("\ncanceled", file=sys.stderr)
-        return 130
+    callback = None if args.quiet else ProgressBar(_describe)
+    result, code = run_engine(lambda: fine_tune(_dataset(args.data), callback=callback, **params))
+    if result is None:
+        return code
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "model.pt").write_bytes(result.checkpoint)
     (args.output / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")

@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from worker.engines.errors import Canceled, EngineError
 from worker.engines.params import (
     DEFAULTS,
     INITS,
@@ -25,8 +23,7 @@ from worker.engines.params import (
 )
 from worker.engines.style_transfer import PRECISIONS, StyleProgress, stylize
 from worker.engines.weights import POOLINGS, RELU_LAYERS, SOURCES
-
-BAR_WIDTH = 30
+from worker.local_run import EXIT_INVALID_INPUT, ProgressBar, run_engine
 
 
 def _floats(text: str) -> list[float]:
@@ -129,27 +126,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-class _Bar:
-    """A one-line \\r progress bar on stderr, redrawn at most ~10 times a second."""
-
-    def __init__(self) -> None:
-        self.stream = sys.stderr  # looked up per run, so redirected stderr is honoured
-        self.last = 0.0
-
-    def __call__(self, p: StyleProgress) -> None:
-        now = time.monotonic()
-        if p.step != p.total and now - self.last < 0.1:
-            return
-        self.last = now
-        filled = round(BAR_WIDTH * p.step / p.total)
-        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        self.stream.write(
-            f"\r[{bar}] {p.step}/{p.total} scale {p.scale}/{p.scales} "
-            f"loss {p.loss:.4g} {p.elapsed:.1f}s"
-        )
-        if p.step == p.total:
-            self.stream.write("\n")
-        self.stream.flush()
+def _describe(p: StyleProgress) -> str:
+    """The progress bar's text; reading ``p.loss`` syncs a GPU, so only redraws do."""
+    return f"{p.step}/{p.total} scale {p.scale}/{p.scales} loss {p.loss:.4g} {p.elapsed:.1f}s"
 
 
 def _open(path: Path) -> Image.Image:
@@ -165,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
         styles = [_open(path) for path in args.styles]
     except (OSError, UnidentifiedImageError) as exc:
         print(f"error (invalid_input): cannot read image: {exc}", file=sys.stderr)
-        return 2
-    try:
-        result = stylize(
+        return EXIT_INVALID_INPUT
+    result, code = run_engine(
+        lambda: stylize(
             content,
             styles,
             size=args.size,
@@ -191,14 +170,11 @@ def run(args: argparse.Namespace) -> int:
             weights=args.weights,
             device=args.device,
             precision=args.precision,
-            callback=None if args.quiet else _Bar(),
+            callback=None if args.quiet else ProgressBar(_describe),
         )
-    except EngineError as exc:
-        print(f"\nerror ({exc.code}): {exc}", file=sys.stderr)
-        return 2 if exc.code == "invalid_input" else 1
-    except (KeyboardInterrupt, Canceled):
-        print("\ncanceled", file=sys.stderr)
-        return 130
+    )
+    if result is None:
+        return code
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result.image.save(args.output)
     metrics_path = args.metrics_json or args.output.with_suffix(".json")
