@@ -7,12 +7,7 @@ from sqlalchemy import func, select
 from shared.db import session_scope
 from shared.models import Job
 from tests.conftest import style_form
-
-
-def csrf_token(client) -> str:
-    """The form token: a page visit sets the cookie the forms' hidden field must match."""
-    client.get("/")
-    return client.get_cookie("atelier_csrf").value
+from tests.web.helpers import csrf_token
 
 
 def test_form_page_renders(client):
