@@ -7,6 +7,7 @@ import re
 
 import requests
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.browser.conftest import MAX_UPLOAD
 from tests.conftest import tiny_png
@@ -140,21 +141,25 @@ def test_gallery_filters_thumbnails_and_delete(page, live_server, screenshots):
     assert succeeded.first.evaluate("img => img.complete && img.naturalWidth") > 0
     page.screenshot(path=screenshots / "gallery.png", full_page=True)
 
+    # Submitting the filter form navigates: wait for the new page before counting cards.
     page.select_option("#filters select[name=status]", "canceled")
     page.click("#filters button")
+    page.wait_for_url(re.compile(r".*/jobs\?status=canceled&kind=$"))
     cards = page.locator(".card")
-    assert cards.count() >= 1
+    expect(cards.first).to_be_visible()
     assert set(cards.evaluate_all("cs => cs.map(c => c.dataset.status)")) == {"canceled"}
     canceled = cards.first.get_attribute("data-job")
 
     page.select_option("#filters select[name=kind]", "fine_tune")
     page.click("#filters button")
-    assert page.locator(".card").count() == 0 and page.is_visible("#empty")
+    page.wait_for_url(re.compile(r".*/jobs\?status=canceled&kind=fine_tune$"))
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator(".card")).to_have_count(0)
 
     page.goto(live_server + "/jobs?status=canceled")
     page.click(f'.card[data-job="{canceled}"] form.delete button')
-    page.wait_for_url(re.compile(r".*/jobs\?status=canceled$"))
-    assert page.locator(f'.card[data-job="{canceled}"]').count() == 0
+    expect(page.locator(f'.card[data-job="{canceled}"]')).to_have_count(0)  # after the redirect
+    assert page.url.endswith("/jobs?status=canceled")
     assert requests.get(f"{live_server}/api/v1/jobs/{canceled}", timeout=10).status_code == 404
 
 
@@ -178,7 +183,7 @@ def test_submit_and_view_without_javascript(nojs_page, live_server):
     page.set_input_files(f"{form} input[name=content]", png_file("c.png", tiny_png()))
     page.set_input_files(f"{form} input[name=style]", png_file("s.png", b"GIF89a broken"))
     page.click(f"{form} button[type=submit]")
-    assert "style" in page.inner_text(f'{form} [data-error-for="style"]')
+    expect(page.locator(f'{form} [data-error-for="style"]')).to_contain_text("style")
 
 
 def test_docs_page_renders_the_openapi_description(page, live_server):
