@@ -256,21 +256,20 @@ def test_style_targets_are_reused_across_calls(content, style, monkeypatch):
     assert len(computed) == first  # a second job with the same style hits the LRU
 
 
-@pytest.mark.parametrize(
-    ("busy", "expected"),
-    [(True, [1, 1, 1]), (False, [2, 2, 2])],  # every scale of a 64 px job is "small"
-)
-def test_small_cpu_scales_go_single_threaded_only_on_busy_cores(
-    content, style, monkeypatch, busy, expected
+@pytest.mark.parametrize("busy", [True, False])
+def test_cpu_scales_give_up_the_threads_of_cores_others_keep_busy(
+    content, style, monkeypatch, busy
 ):
-    from worker.engines import style_transfer
+    from worker.engines import cpu_share
 
-    monkeypatch.setattr(style_transfer, "_cores_busy", lambda: busy)
+    cores = len(cpu_share.usable_cores())
+    others = cores - 1.0 if busy else 0.0  # all cores but one taken, or none
+    monkeypatch.setattr(cpu_share, "others_cores", lambda before, after: others)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         seen = []
-        stylize(
+        result = stylize(
             content,
             [style],
             size=64,
@@ -279,7 +278,9 @@ def test_small_cpu_scales_go_single_threaded_only_on_busy_cores(
             device="cpu",
             callback=lambda p: seen.append(torch.get_num_threads()),
         )
-        assert seen == expected
+        expected = 1 if busy else min(2, cores)
+        assert seen == [expected] * 3
+        assert [scale["threads"] for scale in result.metrics["scales"]] == [expected] * 3
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

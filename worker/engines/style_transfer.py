@@ -12,7 +12,6 @@ the same weights give the same look at every size.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from . import imaging, planning
+from . import cpu_share, imaging, planning
 from .errors import InvalidInput, OutOfMemory
 from .lbfgs import LBFGS
 from .losses import (
@@ -42,7 +41,6 @@ __all__ = ["DEFAULTS", "LIMITS", "PRESETS", "StyleProgress", "StyleResult", "sty
 ADAM_LR = 0.02  # in 0–1 pixel units: ~5 grey levels per step at the start
 EMA_BETA = 0.9  # iterate averaging (Adam only): smooths its step-to-step jitter
 PRECISIONS = ("auto", "fp32", "bf16")
-SMALL_SCALE_PIXELS = 160 * 160  # below this, CPU scales use one intra-op thread
 # cuDNN autotuning costs about a second per new shape (each scale of each aspect ratio is
 # one) and pays back only over many steps at one size: on by default only from here up.
 CUDNN_AUTOTUNE_MIN_PIXELS = 1024 * 768
@@ -234,49 +232,24 @@ def _cudnn_autotune(device: torch.device, pixels: int) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def _cores_busy(samples: int = 3) -> bool:
-    """Whether other threads already want every core, right now.
-
-    Reads the instantaneous runnable count of /proc/loadavg (ours included: this thread),
-    a few times, keeping the smallest.  Not the 1-minute average: that still counts the
-    job this worker just finished, or a neighbour that has since stopped.
-    """
-    counts = []
-    for i in range(samples):
-        try:
-            with open("/proc/loadavg") as fh:
-                counts.append(int(fh.read().split()[3].split("/")[0]))
-        except (OSError, ValueError, IndexError):  # not Linux: assume idle cores
-            return False
-        if i + 1 < samples:
-            time.sleep(0.01)
-    return min(counts) - 1 >= (os.cpu_count() or 1)
-
-
 @contextmanager
-def _intra_op_threads(device: torch.device, pixels: int) -> Iterator[None]:
-    """Run small CPU scales on one intra-op thread while other work fills the cores.
+def _intra_op_threads(device: torch.device, share: cpu_share.CoreShare | None) -> Iterator[int]:
+    """Run a CPU scale on the cores other processes left free during the previous one.
 
-    A 128 px VGG pass is made of many small ops, each ending in an OpenMP barrier.  On a
-    busy machine every barrier waits for a descheduled thread, and we measured a 128x96
-    step on 2 threads costing as much as a 256x192 one (2.2 s) while one thread took
-    0.57 s.  On idle cores the threads pay off at every scale, so the switch is made only
-    when the load average says the cores are taken.
+    On idle cores every scale uses all the configured threads; with a busy neighbour a
+    thread per busy core is given up, because OpenMP barriers would otherwise wait for a
+    descheduled thread at every op (see cpu_share.py).  Yields the threads in use.
     """
-    if (
-        device.type != "cpu"
-        or pixels >= SMALL_SCALE_PIXELS
-        or torch.get_num_threads() == 1
-        or not _cores_busy()
-    ):
-        yield
+    configured = torch.get_num_threads()
+    if device.type != "cpu" or share is None or configured == 1:
+        yield configured
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = cpu_share.free_threads(configured, share.others())
+    torch.set_num_threads(threads)
     try:
-        yield
+        yield threads
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(configured)
 
 
 def _optimise_scale(
@@ -473,6 +446,7 @@ def _run(
     callback: Callable[[StyleProgress], None] | None,
     started: float,
 ) -> StyleResult:
+    share = cpu_share.CoreShare() if dev.type == "cpu" else None  # from here to scale 1
     net = load_vgg19(params.weights, params.pooling, dev)
     needs_content_key = params.preserve_color != "none"
     job = _Job(
@@ -503,7 +477,7 @@ def _run(
         else:
             image = _upsample(job, image, content_t)
         pixels = scale_dims[0] * scale_dims[1]
-        with _intra_op_threads(dev, pixels), _cudnn_autotune(dev, pixels):
+        with _intra_op_threads(dev, share) as threads, _cudnn_autotune(dev, pixels):
             image = _optimise_scale(
                 job, image, targets, content_t, scale_steps, index + 1, len(dims)
             )
@@ -512,6 +486,7 @@ def _run(
                 "size": list(scale_dims),
                 "steps": scale_steps,
                 "seconds": round(time.perf_counter() - t0, 3),
+                "threads": threads,
                 "style_gap": round(float(targets.style_gap), 4),
             }
         )
