@@ -8,8 +8,8 @@ with one other busy process, a 256 px job took 128 s on two threads and 76 s on 
 the previous one.
 
 The measure is CPU time, not the run queue: ``/proc/stat`` gives the busy time of the
-cores we may run on, ``time.process_time()`` our own (spinning OpenMP threads included), and the
-difference over the wall time is the cores the others used.  The run queue of
+cores we may run on, ``time.process_time()`` our own (spinning OpenMP threads included),
+and the difference over the wall time is the cores the others used.  The run queue of
 ``/proc/loadavg`` is one instant's count, and the earlier rule built on it (give up
 threads only when every core is taken) missed the one-neighbour case above entirely.
 """
@@ -27,7 +27,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 @dataclass(frozen=True)
 class CpuSample:
-    """One reading: wall clock, the machine's busy CPU seconds and this process's own."""
+    """One reading: wall clock, busy CPU seconds of our usable cores, this process's own."""
 
     wall: float
     busy: float
@@ -54,14 +54,14 @@ def _busy_seconds(lines: list[str], cpus: set[int]) -> float | None:
     return ticks / _CLOCK_TICKS if seen else None
 
 
-def sample(cpus: set[int] | None = None) -> CpuSample | None:
-    """Read the counters of ``cpus`` (default: ours) now; None without /proc/stat."""
+def sample() -> CpuSample | None:
+    """Read the counters of the cores we may run on, now; None without /proc/stat."""
     try:
         with open("/proc/stat") as fh:
             lines = [line for line in fh if line.startswith("cpu")]
     except OSError:
         return None
-    busy = _busy_seconds(lines, cpus if cpus is not None else set(usable_cores()))
+    busy = _busy_seconds(lines, set(usable_cores()))
     if busy is None:
         return None
     return CpuSample(wall=time.monotonic(), busy=busy, own=time.process_time())

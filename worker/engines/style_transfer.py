@@ -233,15 +233,16 @@ def _cudnn_autotune(device: torch.device, pixels: int) -> Iterator[None]:
 
 
 @contextmanager
-def _intra_op_threads(device: torch.device, share: cpu_share.CoreShare | None) -> Iterator[int]:
+def _intra_op_threads(share: cpu_share.CoreShare | None) -> Iterator[int]:
     """Run a CPU scale on the cores other processes left free during the previous one.
 
     On idle cores every scale uses all the configured threads; with a busy neighbour a
     thread per busy core is given up, because OpenMP barriers would otherwise wait for a
-    descheduled thread at every op (see cpu_share.py).  Yields the threads in use.
+    descheduled thread at every op (see cpu_share.py).  ``share`` is None off the CPU.
+    Yields the threads in use.
     """
     configured = torch.get_num_threads()
-    if device.type != "cpu" or share is None or configured == 1:
+    if share is None or configured == 1:
         yield configured
         return
     threads = cpu_share.free_threads(configured, share.others())
@@ -477,7 +478,7 @@ def _run(
         else:
             image = _upsample(job, image, content_t)
         pixels = scale_dims[0] * scale_dims[1]
-        with _intra_op_threads(dev, share) as threads, _cudnn_autotune(dev, pixels):
+        with _intra_op_threads(share) as threads, _cudnn_autotune(dev, pixels):
             image = _optimise_scale(
                 job, image, targets, content_t, scale_steps, index + 1, len(dims)
             )
