@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 from werkzeug.serving import make_server
@@ -56,13 +56,52 @@ def e2e_worker(e2e_settings) -> Iterator[WorkerProcess]:
         worker.stop()
 
 
+class _ClosedWhenDropped:
+    """A response body that is closed even when the test server forgets to.
+
+    Werkzeug's development server skips the WSGI ``close()`` when the client resets the
+    connection while the server drains it after the last write (a browser dropping a
+    preview it no longer needs): the read raises before ``close()`` is reached, the
+    streamed file is left to the garbage collector, and its ResourceWarning fails the
+    test (tests/e2e/test_live_server.py reproduces it).  gunicorn, which serves Atelier
+    everywhere else, always calls ``close()``.
+    """
+
+    def __init__(self, body: Iterable[bytes]) -> None:
+        self._body = body
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        if self._closed:  # Flask's teardown callbacks must run once
+            return
+        self._closed = True
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def closing(app):
+    """``app`` with every response body wrapped in :class:`_ClosedWhenDropped`."""
+
+    def serve(environ, start_response):
+        return _ClosedWhenDropped(app(environ, start_response))
+
+    return serve
+
+
 @pytest.fixture(scope="package")
 def live_server(e2e_settings) -> Iterator[str]:
     """The real app on a real socket, so requests go through HTTP, not a test client."""
     from web import create_app
 
     app = create_app({"ATELIER_SETTINGS": e2e_settings})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, closing(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
