@@ -34,6 +34,8 @@ class Settings:
     max_pixels: int = 40_000_000
     max_size: int = 2048
     max_iterations: int = 5000
+    # every image field refuses a long side more than this many times its short side
+    max_aspect_ratio: int = 20
     soft_time_limit: int = 3600
     time_limit: int = 3900
     heartbeat_timeout: int = 60
@@ -55,6 +57,13 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_url_expires: int = 900
     s3_downloads: str = "presigned"
+    # the address people use (e.g. https://atelier.example.org); https makes cookies Secure
+    public_url: str | None = None
+    # Host names the server answers to with auth off (comma list); unset: loopback names
+    # plus the address `atelier web`/`atelier up` binds
+    trusted_hosts: str | None = None
+    # when set, GET /metrics needs Authorization: Bearer <this token>
+    metrics_token: str | None = None
 
     @property
     def broker_url(self) -> str:
@@ -65,6 +74,11 @@ class Settings:
                 "embedded Redis) or point ATELIER_REDIS_URL at a Redis server"
             )
         return self.redis_url
+
+    @property
+    def public_url_is_https(self) -> bool:
+        """Cookies are marked Secure when people reach the service over https."""
+        return bool(self.public_url) and self.public_url.lower().startswith("https://")
 
     @property
     def visibility_timeout(self) -> int:
@@ -83,6 +97,10 @@ class Settings:
             raise ValueError("ATELIER_MAX_ATTEMPTS must be at least 1")
         if self.s3_downloads not in ("presigned", "proxy"):
             raise ValueError("ATELIER_S3_DOWNLOADS must be presigned or proxy")
+        if self.max_aspect_ratio < 1:
+            raise ValueError("ATELIER_MAX_ASPECT_RATIO must be at least 1")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("ATELIER_PUBLIC_URL must start with http:// or https://")
         return self
 
 

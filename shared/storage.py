@@ -42,6 +42,21 @@ class Storage(Protocol):
     def download_url(self, key: str, *, filename: str, content_type: str) -> str | None: ...
 
 
+# Raster images a browser may show in place; everything else (JSON, models, archives, and
+# SVG, which can carry script) is downloaded, never rendered under this site's origin.
+INLINE_CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+
+
+def is_inline(content_type: str) -> bool:
+    """Whether a stored file may be displayed by the browser rather than downloaded."""
+    return content_type.split(";", 1)[0].strip().lower() in INLINE_CONTENT_TYPES
+
+
+def content_disposition(filename: str, content_type: str) -> str:
+    """``inline`` for raster images, ``attachment`` for every other stored file."""
+    return f'{"inline" if is_inline(content_type) else "attachment"}; filename="{filename}"'
+
+
 def job_key(job_id: str, name: str) -> str:
     """Storage key of a job file; refuses names that could escape the job's folder."""
     if not SAFE_NAME.match(name) or ".." in name:
@@ -202,7 +217,7 @@ class S3Storage:
                 "Bucket": self.bucket,
                 "Key": self._name(key),
                 "ResponseContentType": content_type,
-                "ResponseContentDisposition": f'inline; filename="{filename}"',
+                "ResponseContentDisposition": content_disposition(filename, content_type),
             },
             ExpiresIn=self.url_expires,
         )

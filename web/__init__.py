@@ -20,16 +20,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SECRET_KEY=persistent_secret(settings, "secret_key"),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_url_is_https,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,
     )
     app.config.update(config)
 
-    from web import api, auth, csrf, db, errors, health, metrics, openapi, pages, queue
+    from web import api, auth, csrf, db, errors, health, metrics, openapi, pages, queue, security
 
     db.init_app(app)
     queue.init_app(app)
     errors.init_app(app)
+    security.init_app(app, settings)  # the Host check runs before anything else
     auth.init_app(app)
     csrf.init_app(app)
     app.register_blueprint(api.bp)

@@ -20,6 +20,7 @@ from flask import (
 from shared.errors import InputError
 from shared.tokens import Principal, principal_for_id, verify_token
 from web import csrf, db
+from web.security import safe_redirect_target
 
 LOCAL_OWNER = "local"
 bp = Blueprint("auth", __name__)
@@ -57,19 +58,21 @@ def _bearer() -> str | None:
 
 def _authenticate() -> object | None:
     if db.settings().auth == "off":
-        g.principal = Principal(LOCAL_OWNER)
+        g.principal, g.auth_via = Principal(LOCAL_OWNER), "off"
         return None
     token = _bearer()
     found = verify_token(db.session(), token) if token else None
+    g.auth_via = "bearer"
     if found is None and "token_id" in session:
         found = principal_for_id(db.session(), session["token_id"])
+        g.auth_via = "session"
         if found is None:
             session.clear()  # revoked since login
     if found is not None:
         g.principal = found
         return None
     if request.path.startswith(PUBLIC_PREFIXES) or request.endpoint == "static":
-        g.principal = Principal("anonymous")
+        g.principal, g.auth_via = Principal("anonymous"), "anonymous"
         return None
     if request.path.startswith("/api/"):
         message = (
@@ -88,10 +91,7 @@ def login():
         if found is not None:
             session.clear()
             session["token_id"] = found.token_id
-            target = request.args.get("next") or "/"
-            return redirect(
-                target if target.startswith("/") and not target.startswith("//") else "/", code=303
-            )
+            return redirect(safe_redirect_target(request.args.get("next"), "/"), code=303)
         error = "That token is not valid (or was revoked)."
     status = 401 if error else 200
     return render_template("login.html", error=error, auth=db.settings().auth), status

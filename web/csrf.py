@@ -1,12 +1,16 @@
-"""CSRF protection for the HTML form posts: a double-submit cookie.
+"""CSRF protection: a double-submit cookie.
 
 Each page that has a form sets a random ``atelier_csrf`` cookie and puts the same value
 in a hidden ``csrf_token`` field. Another site can make a browser *send* the cookie but
 cannot *read* it, so it cannot put the matching value in a forged form. This needs no
 server-side session or secret key, so it works the same behind several gunicorn workers.
 
-Only the HTML blueprint is protected; the JSON API under ``/api/v1`` stays token-based
-and CSRF-free so that curl and scripts work without a cookie dance.
+Every unsafe HTML form post is checked. The JSON API under ``/api/v1`` is checked too
+whenever a browser could have sent it on its own: when the login cookie authenticates
+it, and, with ``ATELIER_AUTH=off``, when it carries a browser's ``Origin`` or
+``Sec-Fetch-Site`` header. The page's script sends the token as ``X-CSRF-Token``.
+Calls with ``Authorization: Bearer`` (which no other site can make a browser add) and
+curl or scripts against an auth-off server need no token.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from markupsafe import Markup, escape
 
 from shared.errors import InputError
@@ -43,13 +47,16 @@ def hidden_field() -> Markup:
     return Markup(f'<input type="hidden" name="{FIELD}" value="{escape(token())}">')
 
 
+def _matches(sent: str) -> bool:
+    cookie = request.cookies.get(COOKIE, "")
+    return bool(_TOKEN.match(cookie)) and secrets.compare_digest(cookie, sent)
+
+
 def check() -> None:
     """Refuse an unsafe request whose form (or header) token does not match the cookie."""
     if request.method not in UNSAFE_METHODS:
         return
-    cookie = request.cookies.get(COOKIE, "")
-    sent = request.form.get(FIELD) or request.headers.get(HEADER, "")
-    if not (_TOKEN.match(cookie) and secrets.compare_digest(cookie, sent)):
+    if not _matches(request.form.get(FIELD) or request.headers.get(HEADER, "")):
         raise InputError(
             "the form's security token is missing or stale (cookies blocked, or the page was "
             "open too long); reload the page and submit again",
@@ -59,6 +66,27 @@ def check() -> None:
         )
 
 
+def _sent_by_a_browser() -> bool:
+    """Browsers mark every cross-origin POST with Origin and every fetch with Sec-Fetch-Site."""
+    return "Origin" in request.headers or "Sec-Fetch-Site" in request.headers
+
+
+def check_api() -> None:
+    """Unsafe API calls carried by ambient credentials need the token in ``X-CSRF-Token``."""
+    if request.method not in UNSAFE_METHODS or not request.path.startswith("/api/"):
+        return
+    via = g.get("auth_via")
+    if via == "session" or (via == "off" and _sent_by_a_browser()):
+        if not _matches(request.headers.get(HEADER, "")):
+            raise InputError(
+                f"{HEADER}: a browser's API call needs the page's CSRF token in the {HEADER} "
+                "header; scripts send Authorization: Bearer <token> instead",
+                field=HEADER,
+                status=403,
+                code="csrf_failed",
+            )
+
+
 def _set_cookie(response: Response) -> Response:
     if g.pop("csrf_new", False):
         response.set_cookie(
@@ -66,7 +94,7 @@ def _set_cookie(response: Response) -> Response:
             g.csrf_token,
             httponly=True,
             samesite="Lax",
-            secure=request.is_secure,
+            secure=request.is_secure or current_app.config["SESSION_COOKIE_SECURE"],
             max_age=30 * 24 * 3600,
         )
     return response
@@ -78,6 +106,8 @@ def protect(bp: Blueprint) -> None:
 
 
 def init_app(app: Flask) -> None:
+    """Call after ``auth.init_app``: the API check reads how the request was authenticated."""
+    app.before_request(check_api)
     app.after_request(_set_cookie)
     app.jinja_env.globals["csrf_field"] = hidden_field
     app.jinja_env.globals["csrf_token"] = token

@@ -36,6 +36,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_web(args: argparse.Namespace) -> int:
+    from shared.hosts import export_trusted_hosts
     from worker.embedded import web_command
 
     if args.dev:
@@ -54,6 +55,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
         ]
     else:
         command = web_command(args.host, args.port, workers=args.workers)
+    export_trusted_hosts(args.host, os.environ)
     os.execv(sys.executable, command)
     return 0  # pragma: no cover
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from shared import migrate
+from shared.hosts import export_trusted_hosts
 from shared.settings import load_settings
 from worker.dispatcher import run_forever
 
@@ -142,6 +143,7 @@ def run_up(host: str, port: int) -> int:
         env["ATELIER_REDIS_URL"] = url
         children.append(("redis", redis_proc, 10))
         print(f"atelier: embedded Redis at {url}", flush=True)
+    export_trusted_hosts(host, env)
     os.environ.update(env)
     settings = load_settings()
     stop = threading.Event()

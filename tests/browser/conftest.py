@@ -3,11 +3,13 @@
 The server and worker fixtures are the end-to-end ones (tests/e2e/conftest.py) on a
 SQLite database of this package's own, with a small upload limit so the page's own
 limit check can be exercised with a small file. The browser is the system's Chromium
-(``apt-get install chromium``); Playwright never downloads one.
+(found or installed by ``.ci/chromium.sh``, which ``make test`` runs); Playwright never
+downloads one.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from tests.e2e.conftest import (  # noqa: F401  (fixtures, reused)
     live_server,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -47,15 +49,27 @@ def e2e_settings(tmp_path_factory, e2e_redis_url):  # noqa: F811
     return settings
 
 
+def find_chromium() -> str | None:
+    """The browser .ci/chromium.sh found (``ATELIER_TEST_CHROMIUM``), else one on PATH."""
+    given = os.environ.get("ATELIER_TEST_CHROMIUM", "")
+    if given and os.access(given, os.X_OK):
+        return given
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
 @pytest.fixture(scope="package")
 def browser() -> Iterator:
-    if not CHROMIUM.exists() or shutil.which("chromium") is None:
-        pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run does this)")
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.fail(
+            "Chromium is missing: `make test` finds or installs it (.ci/chromium.sh); "
+            "or set ATELIER_TEST_CHROMIUM"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            executable_path=chromium, headless=True, args=CHROMIUM_ARGS
         )
         yield chromium
         chromium.close()

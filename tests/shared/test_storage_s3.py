@@ -153,6 +153,13 @@ def test_download_url_serves_the_object_or_says_stream_it(store):
     assert response.headers["Content-Type"] == "image/png"
     tampered = url.replace("result.png", "content.png")
     assert requests.get(tampered, timeout=10).status_code == 403
+    assert response.headers["Content-Disposition"].startswith("inline")
+    store.put_bytes(job_key(JOB, "metrics.json"), b"{}")
+    url = store.download_url(
+        job_key(JOB, "metrics.json"), filename="metrics.json", content_type="application/json"
+    )
+    served = requests.get(url, timeout=10)
+    assert served.headers["Content-Disposition"] == 'attachment; filename="metrics.json"'
 
 
 def test_prefixes_of_one_bucket_do_not_see_each_other(s3_endpoint):

@@ -79,7 +79,9 @@
       event.preventDefault();
       $("cancel").disabled = true;
       $("cancel").textContent = "Canceling…";
-      const response = await fetch(url + "/cancel", { method: "POST" });
+      // The login cookie alone is not enough for an unsafe API call: send the form's token.
+      const token = cancel.querySelector("input[name=csrf_token]").value;
+      const response = await fetch(url + "/cancel", { method: "POST", headers: { "X-CSRF-Token": token } });
       if (response.ok) render(await response.json());
     });
   }
