@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-service bench-gpu clean
+.PHONY: run test fuzz lint format bench bench-service bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/atelier up
 
+# The browser tests need Chromium: .ci/chromium.sh finds it or installs Debian's package.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	ATELIER_TEST_CHROMIUM="$$(bash .ci/chromium.sh)" && export ATELIER_TEST_CHROMIUM && \
+	  $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A longer, randomised schemathesis run (FUZZ_EXAMPLES per operation and mode) on SQLite
+# and PostgreSQL; `make test` runs the same test fixed and short. A failure prints its seed.
+FUZZ_EXAMPLES ?= 500
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATELIER_TEST_DB=both $(BIN)/python -m pytest \
+	  tests/web/test_schemathesis.py --timeout=3600 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -38,6 +47,14 @@ bench-service: $(STAMP)
 # on a GPU host: 20 style jobs at 512 px on the GPU next to the CPU
 bench-gpu: $(STAMP)
 	PYTHON=$(BIN)/python benchmarks/gpu_throughput.sh
+
+# docker compose takes its secrets from .env: this writes random ones (0600) the first
+# time, and later only adds variables a newer docker-compose.yml needs, keeping every value
+.PHONY: compose-env
+compose-env: .env
+
+.env: docker-compose.yml deploy/make_env.py
+	$(PYTHON) deploy/make_env.py $@
 
 clean:
 	rm -rf var .pytest_cache

@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Label,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobFile
-from shared.states import QUEUED, RUNNING
+from shared.states import QUEUED, Fence, fenced_update
+from shared.storage import job_key
 from shared.timeutil import utcnow
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def new_job_id() -> str:
@@ -47,8 +65,15 @@ def add_job(
     return job
 
 
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` has the shape of the ids :func:`new_job_id` makes (32 hex digits)."""
+    return bool(_JOB_ID.fullmatch(value))
+
+
 def get_job(session: Session, job_id: str, owner: str | None) -> Job | None:
-    """The job, or None when it does not exist or belongs to someone else."""
+    """The job, or None when it does not exist, belongs to someone else or is no job id."""
+    if not is_job_id(job_id):
+        return None  # a NUL byte or other junk never reaches the database
     job = session.get(Job, job_id)
     if job is None or (owner is not None and job.owner != owner):
         return None
@@ -110,49 +135,167 @@ def list_jobs(
     return rows[:limit], next_cursor
 
 
+_JOBS = Job.__table__
+_FILES = JobFile.__table__
+_AHEAD = _JOBS.alias("ahead")
+
+
+def _queued_before(created: Any, job_id: Any) -> Select[tuple[int]]:
+    """How many queued jobs come before (created, job_id): oldest first, the id breaks ties.
+
+    Both terms are ranges on ``ix_jobs_status_created``, so the count reads only the
+    queued part of the index, never the whole table.
+    """
+    return (
+        select(func.count())
+        .select_from(_AHEAD)
+        .where(
+            _AHEAD.c.status == QUEUED,
+            or_(
+                _AHEAD.c.created_at < created,
+                and_(_AHEAD.c.created_at == created, _AHEAD.c.id < job_id),
+            ),
+        )
+    )
+
+
+# Built once at import: building a statement costs more CPU than running it on a small
+# indexed read, and every poll of a job page runs these.
+_COUNT_AHEAD = _queued_before(bindparam("created"), bindparam("job_id"))
+_POSITION = case(
+    (
+        _JOBS.c.status == QUEUED,
+        _queued_before(_JOBS.c.created_at, _JOBS.c.id).scalar_subquery() + 1,
+    ),
+    else_=None,
+).label("queue_position")
+
+
+def _files_as_json(dialect: str) -> Label[Any]:
+    """The job's files as one JSON array of [id, name, role, content_type, size] arrays.
+
+    Folding them into the job's row saves a second round trip per read; the functions are
+    each database's own, so there is one statement per dialect.
+    """
+    columns = (_FILES.c.id, _FILES.c.name, _FILES.c.role, _FILES.c.content_type, _FILES.c.size)
+    if dialect == "postgresql":
+        aggregate = func.coalesce(func.json_agg(func.json_build_array(*columns)), text("'[]'"))
+    else:
+        aggregate = func.json_group_array(func.json_array(*columns))
+    return (
+        select(aggregate).where(_FILES.c.job_id == _JOBS.c.id).scalar_subquery().label("files_json")
+    )
+
+
+# what the job object of the API shows: fewer columns are less for the driver to describe
+# and decode on every poll (the worker, webhook and idempotency columns stay unread)
+ANSWER_COLUMNS = (
+    "id",
+    "kind",
+    "owner",
+    "status",
+    "params",
+    "progress_current",
+    "progress_total",
+    "progress_stage",
+    "progress_loss",
+    "eta_seconds",
+    "preview_step",
+    "progress_detail",
+    "progress_history",
+    "metrics",
+    "error_code",
+    "error_message",
+    "attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "cancel_requested_at",
+)
+
+
+@lru_cache(maxsize=4)
+def _read_statement(dialect: str) -> Select[Any]:
+    columns = [_JOBS.c[name] for name in ANSWER_COLUMNS]
+    return select(*columns, _POSITION, _files_as_json(dialect)).where(
+        _JOBS.c.id == bindparam("job_id")
+    )
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1-based place among queued jobs of the same queue, oldest first; None unless queued."""
     if job.status != QUEUED:
         return None
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.status == QUEUED,
-            or_(
-                Job.created_at < job.created_at,
-                and_(Job.created_at == job.created_at, Job.id < job.id),
-            ),
-        )
-    )
+    ahead = session.scalar(_COUNT_AHEAD, {"created": job.created_at, "job_id": job.id})
     return int(ahead or 0) + 1
 
 
-def write_progress(session: Session, job_id: str, values: dict[str, Any]) -> tuple[bool, bool]:
-    """Progress + heartbeat for a running job; returns (still running, cancel requested)."""
-    values = {**values, "heartbeat_at": utcnow()}
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(sorted(RUNNING)))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    cancel = session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id))
-    return result.rowcount == 1, cancel is not None
+class FileRead(NamedTuple):
+    """A file of a job as a read answers it (the JobFile columns a client sees)."""
+
+    name: str
+    role: str
+    content_type: str
+    size: int
 
 
-def touch_running(session: Session, job_id: str) -> None:
-    """Heartbeat only, for a running job."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(sorted(RUNNING)))
-        .values(heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+@dataclass(frozen=True)
+class JobRead:
+    """A job as read for an answer: its row (the :data:`ANSWER_COLUMNS`, named like a
+    Job's attributes), its files in the order they were added, and its queue position."""
+
+    job: Row[Any]
+    files: list[FileRead]
+    queue_position: int | None
 
 
-def add_file(session: Session, job_id: str, stored: StoredFile) -> None:
-    """Record (or refresh) an output file row; re-runs overwrite rather than duplicate."""
+def read_job(connection: Connection, job_id: str, owner: str | None) -> JobRead | None:
+    """A job for a read-only answer in one indexed query, or None like :func:`get_job`.
+
+    ``GET /api/v1/jobs/<id>`` is what every open job page polls each second; loading it
+    through the ORM (identity map, a lazy load of the files, a third query for the queue
+    position) cost several times the reads themselves. A plain row carries the same
+    values: the column types still decode JSON and make datetimes aware.
+    """
+    if not is_job_id(job_id):
+        return None
+    if connection.dialect.name == "postgresql" and not connection.in_transaction():
+        # one statement sees one snapshot anyway; without a transaction psycopg sends no
+        # BEGIN and the pool's ROLLBACK on return costs nothing: two round trips fewer
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+    statement = _read_statement(connection.dialect.name)
+    row = connection.execute(statement, {"job_id": job_id}).first()
+    if row is None or (owner is not None and row.owner != owner):
+        return None
+    files = row.files_json
+    if isinstance(files, str):  # SQLite hands JSON back as text, PostgreSQL as lists
+        files = json.loads(files)
+    ordered = sorted(files or [], key=lambda item: item[0])  # aggregates promise no order
+    return JobRead(row, [FileRead(*item[1:]) for item in ordered], row.queue_position)
+
+
+def write_progress(session: Session, fence: Fence, values: dict[str, Any]) -> bool:
+    """Progress + heartbeat of the fence's attempt; returns whether a cancel was requested.
+
+    Raises Superseded (and changes nothing) once the job is no longer that attempt's.
+    """
+    fenced_update(session, fence, {**values, "heartbeat_at": utcnow()})
+    cancel = session.scalar(select(Job.cancel_requested_at).where(Job.id == fence.job_id))
+    return cancel is not None
+
+
+def touch_running(session: Session, fence: Fence) -> None:
+    """Heartbeat only, of the fence's attempt; Superseded once the job moved on."""
+    fenced_update(session, fence, {"heartbeat_at": utcnow()})
+
+
+def add_file(session: Session, job_id: str, stored: StoredFile, attempt: int | None = None) -> None:
+    """Record (or replace) a file row; a row of the same name, from an earlier attempt
+    or an earlier preview, is taken over rather than duplicated.
+
+    Outputs carry the ``attempt`` that wrote them (see :func:`file_key`); the caller
+    makes the fenced write of the same transaction that proves the attempt is live.
+    """
     existing = session.scalar(
         select(JobFile).where(JobFile.job_id == job_id, JobFile.name == stored.name)
     )
@@ -164,9 +307,40 @@ def add_file(session: Session, job_id: str, stored: StoredFile) -> None:
                 name=stored.name,
                 content_type=stored.content_type,
                 size=stored.size,
+                attempt=attempt,
             )
         )
     else:
+        existing.role = stored.role
         existing.size = stored.size
         existing.content_type = stored.content_type
+        existing.attempt = attempt
         existing.created_at = utcnow()
+
+
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    """Storage prefix of one worker attempt's files, ``jobs/<id>/attempt-<n>``.
+
+    Each attempt writes only here, so a superseded worker that keeps going for a while
+    overwrites nothing of the attempt that replaced it.
+    """
+    return job_key(job_id, f"attempt-{int(attempt)}")
+
+
+def attempt_key(job_id: str, attempt: int, name: str) -> str:
+    """Storage key of an output file written by ``attempt``."""
+    job_key(job_id, name)  # refuses a name that could leave the folder
+    return f"{attempt_prefix(job_id, attempt)}/{name}"
+
+
+def file_key(job_id: str, item: Any) -> str:
+    """Where the bytes of a job file row are: under its attempt's prefix for an output,
+    at ``jobs/<id>/<name>`` for an input (or an output recorded before attempts were).
+
+    Every reader of a job's files (downloads, thumbnails, result pages, a predict job's
+    model) goes through this, never through a key it builds from the name alone.
+    """
+    attempt = getattr(item, "attempt", None)
+    if attempt is None:
+        return job_key(job_id, item.name)
+    return attempt_key(job_id, attempt, item.name)

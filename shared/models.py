@@ -113,6 +113,9 @@ class JobFile(Base):
     content_type: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the worker attempt that wrote an output (stored under jobs/<id>/attempt-<n>/);
+    # NULL for inputs, which the web stores at jobs/<id>/<name>
+    attempt: Mapped[int | None] = mapped_column(Integer)
 
     job: Mapped[Job] = relationship(back_populates="files")
 

@@ -40,6 +40,9 @@ class Settings:
     time_limit: int = 3900
     heartbeat_timeout: int = 60
     max_attempts: int = 3
+    # SIGTERM: a worker takes no new job and waits this long for the running one, then
+    # hands it back to the queue (not counted as an attempt); a second signal stops at once
+    drain_seconds: int = 30
     progress_interval: float = 1.0
     preview_interval: float = 3.0
     # quotas: per owner (queued + running, submits per minute) and for the whole queue
@@ -51,6 +54,8 @@ class Settings:
     webhook_allow_private: bool = False
     # results older than this many seconds are deleted (0 keeps them forever)
     result_ttl: int = 7 * 24 * 3600
+    # storage folders with no job row are deleted once their newest file is this old
+    orphan_grace_seconds: int = 3600
     # S3 storage (ATELIER_STORAGE_URL=s3://bucket/prefix); credentials: boto3's usual chain
     s3_endpoint_url: str | None = None
     s3_public_endpoint_url: str | None = None
@@ -95,6 +100,8 @@ class Settings:
             raise ValueError("ATELIER_AUTH must be off or token")
         if self.max_attempts < 1:
             raise ValueError("ATELIER_MAX_ATTEMPTS must be at least 1")
+        if self.drain_seconds < 0:
+            raise ValueError("ATELIER_DRAIN_SECONDS must be 0 or more")
         if self.s3_downloads not in ("presigned", "proxy"):
             raise ValueError("ATELIER_S3_DOWNLOADS must be presigned or proxy")
         if self.max_aspect_ratio < 1:

@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -29,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 S3_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys a call
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+JobPrefix = tuple[str, float]  # (job id, newest modification of its files, epoch seconds)
 
 
 class Storage(Protocol):
@@ -40,6 +43,7 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def download_url(self, key: str, *, filename: str, content_type: str) -> str | None: ...
+    def job_prefixes(self, *, page_size: int = 500) -> Iterator[list[JobPrefix]]: ...
 
 
 # Raster images a browser may show in place; everything else (JSON, models, archives, and
@@ -61,7 +65,7 @@ def job_key(job_id: str, name: str) -> str:
     """Storage key of a job file; refuses names that could escape the job's folder."""
     if not SAFE_NAME.match(name) or ".." in name:
         raise ValueError(f"unsafe file name {name!r}")
-    if not re.fullmatch(r"[0-9a-f]{32}", job_id):
+    if not JOB_ID.fullmatch(job_id):
         raise ValueError(f"bad job id {job_id!r}")
     return f"jobs/{job_id}/{name}"
 
@@ -126,6 +130,21 @@ class LocalStorage:
     def download_url(self, key: str, *, filename: str, content_type: str) -> str | None:
         """None: a local file has no URL of its own, the web streams it."""
         return None
+
+    def job_prefixes(self, *, page_size: int = 500) -> Iterator[list[JobPrefix]]:
+        """Every ``jobs/<id>/`` folder with the newest mtime in it, ``page_size`` at a time.
+
+        The folder names are read once (cheap) and only a page at a time is stat'ed, so a
+        caller may delete the folders of one page before asking for the next.
+        """
+        jobs = self.root / "jobs"
+        try:
+            names = sorted(n for n in os.listdir(jobs) if JOB_ID.fullmatch(n))
+        except FileNotFoundError:
+            return
+        for start in range(0, len(names), page_size):
+            page = [(n, _newest_mtime(jobs / n)) for n in names[start : start + page_size]]
+            yield [(job_id, newest) for job_id, newest in page if newest is not None]
 
 
 class S3Storage:
@@ -207,6 +226,38 @@ class S3Storage:
                 Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
             )
 
+    def job_prefixes(self, *, page_size: int = 500) -> Iterator[list[JobPrefix]]:
+        """Every ``jobs/<id>/`` prefix with its newest LastModified, ``page_size`` at a time.
+
+        Keys come sorted, so a job's objects are contiguous: a job is complete when a key
+        of another job (or the end of the listing) follows. Listing continues after the
+        last key seen, so deleting the prefixes of one page does not disturb the next.
+        """
+        base = self._name("jobs") + "/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base
+        )
+        done: list[JobPrefix] = []
+        current: str | None = None
+        newest = 0.0
+        for listing in pages:
+            for item in listing.get("Contents", []):
+                job_id, slash, _ = item["Key"][len(base) :].partition("/")
+                if not slash or not JOB_ID.fullmatch(job_id):
+                    continue
+                if job_id != current:
+                    if current is not None:
+                        done.append((current, newest))
+                    current, newest = job_id, 0.0
+                newest = max(newest, item["LastModified"].timestamp())
+            while len(done) >= page_size:
+                yield done[:page_size]
+                done = done[page_size:]
+        if current is not None:
+            done.append((current, newest))
+        for start in range(0, len(done), page_size):
+            yield done[start : start + page_size]
+
     def download_url(self, key: str, *, filename: str, content_type: str) -> str | None:
         """A presigned GET that serves the object under ``filename`` with ``content_type``."""
         if not self.presign:
@@ -221,6 +272,22 @@ class S3Storage:
             },
             ExpiresIn=self.url_expires,
         )
+
+
+def _newest_mtime(folder: Path) -> float | None:
+    """The latest mtime of a folder and everything in it; None when it vanished meanwhile."""
+    try:
+        newest = folder.stat().st_mtime
+        for parent, _dirs, files in os.walk(folder):
+            for name in files:
+                try:
+                    newest = max(newest, os.stat(os.path.join(parent, name)).st_mtime)
+                except FileNotFoundError:
+                    continue
+            newest = max(newest, os.stat(parent).st_mtime)
+    except FileNotFoundError:
+        return None
+    return newest
 
 
 def _is_missing(exc: Exception) -> bool:

@@ -188,11 +188,13 @@ def client(app):
 class WorkerProcess:
     """A real ``celery worker`` subprocess bound to one test's settings."""
 
-    def __init__(self, settings: Settings, name: str, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, name: str, log_path: Path, queues: str = "gpu,cpu"
+    ) -> None:
         from worker.embedded import worker_command
 
         env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
-        command = worker_command("gpu,cpu", 1, name)
+        command = worker_command(queues, 1, name)
         self.hostname = f"{name}@{socket.gethostname()}"
         self.log_path = log_path
         self.log = open(log_path, "wb")

@@ -11,10 +11,9 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from shared.settings import Settings, load_settings
 from shared.storage import parse_s3_url
+from tests.compose_env import compose
 from worker.cli import build_parser, worker_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +30,8 @@ LONG_RUNNING_WITHOUT_PORT = {"dispatcher"}  # restarts when it dies; nothing to 
 
 
 def _compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    """As compose runs it: the secrets' ``${NAME:?...}`` filled in as from a generated .env."""
+    return compose()
 
 
 def _ours(service: dict) -> bool:
@@ -182,3 +182,28 @@ def test_nothing_names_a_machine_path():
             text = path.read_text(errors="ignore")
             for marker in MACHINE_PATHS:
                 assert marker not in text, f"{name} names a machine path"
+
+
+def _seconds(duration: str) -> float:
+    """Compose's duration (``90s``, ``2m``, ``1m30s``) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_workers_get_their_drain_before_docker_kills_them():
+    """SIGTERM drains for ATELIER_DRAIN_SECONDS, then hands the job back within the grace;
+    a shorter stop_grace_period would SIGKILL a worker mid-drain and lose the hand-back."""
+    from shared.settings import Settings
+    from worker.progress import HANDBACK_GRACE
+
+    services = _compose()["services"]
+    workers = [name for name, s in services.items() if "worker" in s.get("command", [])[:2]]
+    assert workers
+    for name in workers:
+        drain = int(
+            services[name]["environment"].get("ATELIER_DRAIN_SECONDS", Settings.drain_seconds)
+        )
+        grace = _seconds(services[name].get("stop_grace_period", "10s"))
+        assert grace > drain + HANDBACK_GRACE, name

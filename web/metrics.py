@@ -1,9 +1,16 @@
 """``GET /metrics`` in the Prometheus text format.
 
-Every number is read at scrape time from the database (the jobs table is the source of
-truth) and from Redis (queue lengths), never from counters kept in this process: a
-gunicorn master runs several workers and a scrape lands on any one of them, so
-per-process counters would disagree. Any web process answers the same.
+Every number is read from the database (the jobs table is the source of truth) and from
+Redis (queue lengths), never from counters kept in this process: a gunicorn master runs
+several workers and a scrape lands on any one of them, so per-process counters would
+disagree. Any web process answers the same, give or take the cache below.
+
+The endpoint is public unless ``ATELIER_METRICS_TOKEN`` is set, and the jobs-table part
+runs GROUP BYs over the whole table, so that part is computed at most once per
+:data:`DEFAULT_CACHE_SECONDS` per process (Flask config ``METRICS_CACHE_SECONDS``) and
+reused in between (a write through the same process drops it). The queue lengths are
+one pipelined round trip to Redis and are read on every scrape: they are what autoscaling
+watches, and they move fastest.
 
 Counters are counts of rows, so deleting finished jobs lowers them; Prometheus reads a
 drop as a counter reset (``rate()`` stays right unless deletions are large and frequent).
@@ -11,12 +18,14 @@ drop as a counter reset (``rate()`` stays right unless deletions are large and f
 
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 from collections.abc import Iterable
-from functools import lru_cache
+from itertools import accumulate
 
 import redis
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,11 +38,17 @@ from sqlalchemy import ColumnElement, case, extract, func, literal_column, selec
 from sqlalchemy.orm import Session
 
 from shared import states
+from shared.db import get_sessionmaker
+from shared.errors import InputError
 from shared.models import Job
 from shared.queue import CPU_QUEUE, GPU_QUEUE
+from shared.settings import Settings
 from shared.timeutil import utcnow
+from shared.workers import redis_client
 from web import db
+from web.cache import TTLCache
 
+log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
@@ -43,6 +58,10 @@ KOMBU_PRIORITY_STEPS = (3, 6, 9)
 KOMBU_UNACKED = "unacked"
 WAIT_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+DEFAULT_CACHE_SECONDS = 5.0
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# (exposition text of the jobs-table families, whether the read worked) per database
+_database_parts: TTLCache[tuple[bytes, bool]] = TTLCache()
 
 
 def _seconds_between(session: Session, start, end) -> ColumnElement[float]:
@@ -55,28 +74,30 @@ def _seconds_between(session: Session, start, end) -> ColumnElement[float]:
 def _histograms(
     session: Session, name: str, doc: str, start, end, buckets: tuple[float, ...], by_status: bool
 ) -> HistogramMetricFamily:
+    """One GROUP BY on (labels, bucket): each row's duration is placed in its first bucket
+    by one CASE, instead of one SUM(CASE) per bucket, which on SQLite recomputed the
+    duration a dozen times per row; the cumulative counts are summed here."""
     seconds = _seconds_between(session, start, end)
     labels = [Job.kind, Job.status] if by_status else [Job.kind]
+    slot = case(*((seconds <= bound, i) for i, bound in enumerate(buckets)), else_=len(buckets))
     rows = session.execute(
-        select(
-            *labels,
-            func.count(),
-            func.coalesce(func.sum(seconds), 0.0),
-            *(func.sum(case((seconds <= bound, 1), else_=0)) for bound in buckets),
-        )
+        select(*labels, slot, func.count(), func.coalesce(func.sum(seconds), 0.0))
         .where(start.is_not(None), end.is_not(None))
-        .group_by(*labels)
+        .group_by(*labels, slot)
     ).all()
-    family = HistogramMetricFamily(name, doc, labels=["kind", "status"] if by_status else ["kind"])
+    per_key: dict[tuple, tuple[list[int], list[float]]] = {}
     for row in rows:
-        keys = list(row[: len(labels)])
-        count, total, cumulative = row[len(labels)], row[len(labels) + 1], row[len(labels) + 2 :]
-        points = [
-            (floatToGoString(bound), int(n or 0))
-            for bound, n in zip(buckets, cumulative, strict=True)
-        ]
-        points.append(("+Inf", int(count)))
-        family.add_metric(keys, points, sum_value=float(total))
+        keys = tuple(row[: len(labels)])
+        index, count, total = row[len(labels) :]
+        counts, totals = per_key.setdefault(keys, ([0] * (len(buckets) + 1), [0.0]))
+        counts[int(index)] += int(count)
+        totals[0] += float(total)
+    family = HistogramMetricFamily(name, doc, labels=["kind", "status"] if by_status else ["kind"])
+    for keys, (counts, totals) in sorted(per_key.items()):
+        cumulative = list(accumulate(counts))
+        points = [(floatToGoString(b), n) for b, n in zip(buckets, cumulative[:-1], strict=True)]
+        points.append(("+Inf", cumulative[-1]))
+        family.add_metric(list(keys), points, sum_value=totals[0])
     return family
 
 
@@ -147,11 +168,6 @@ def database_metrics(session: Session, heartbeat_timeout: float) -> list[Metric]
     ]
 
 
-@lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-
 def queue_metrics(client: redis.Redis, queues: Iterable[str] = QUEUES) -> list[Metric]:
     """Messages waiting in each queue (all priority lists) and delivered-but-unacked ones."""
     queues = list(queues)
@@ -186,24 +202,44 @@ class _Snapshot:
         return self.metrics
 
 
-def render() -> bytes:
-    """The whole exposition; a part that is down shows as ``atelier_up{component} 0``."""
+def _exposition(metrics: list[Metric]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(metrics))
+    return generate_latest(registry)
+
+
+def _database_part(settings: Settings) -> tuple[bytes, bool]:
+    """The jobs-table families as exposition text, and whether the database answered."""
+    session = get_sessionmaker(settings.database_url)()
+    try:
+        return _exposition(database_metrics(session, settings.heartbeat_timeout)), True
+    except Exception:  # shown as atelier_up{component="database"} 0
+        log.warning("metrics: could not read the jobs table", exc_info=True)
+        return b"", False
+    finally:
+        session.close()
+
+
+def render(settings: Settings, cache_seconds: float = DEFAULT_CACHE_SECONDS) -> bytes:
+    """The whole exposition; a part that is down shows as ``atelier_up{component} 0``.
+
+    The jobs-table part may be up to ``cache_seconds`` old; the queue part is read now.
+    The two are separate families, so their texts are simply joined.
+    """
     started = time.perf_counter()
-    settings = db.settings()
+    key = (settings.database_url, settings.heartbeat_timeout)
+    database_text, database_ok = _database_parts.get(
+        key, cache_seconds, lambda: _database_part(settings)
+    )
     up = GaugeMetricFamily(
         "atelier_up", "Whether this scrape could read a part", labels=["component"]
     )
+    up.add_metric(["database"], int(database_ok))
     metrics: list[Metric] = []
     try:
-        metrics += database_metrics(db.session(), settings.heartbeat_timeout)
-        up.add_metric(["database"], 1)
-    except Exception:
-        db.session().rollback()
-        up.add_metric(["database"], 0)
-    try:
-        metrics += queue_metrics(_redis(settings.broker_url))
+        metrics += queue_metrics(redis_client(settings.broker_url))
         up.add_metric(["redis"], 1)
-    except Exception:
+    except (redis.RedisError, RuntimeError):  # RuntimeError: no Redis URL configured
         up.add_metric(["redis"], 0)
     elapsed = time.perf_counter() - started
     metrics += [
@@ -212,13 +248,58 @@ def render() -> bytes:
             "atelier_scrape_duration_seconds", "Time this scrape took", value=elapsed
         ),
     ]
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(metrics))
-    return generate_latest(registry)
+    return database_text + _exposition(metrics)
+
+
+def _refusal(settings: Settings) -> Response | None:
+    """A 401 unless the request carries ``ATELIER_METRICS_TOKEN`` (when one is set).
+
+    Checked here, not by web.auth: /metrics is public there, and this token is not an
+    API token. The error is the API's JSON error; the comparison takes the same time
+    whatever the sent token shares with the right one.
+    """
+    expected = settings.metrics_token
+    if not expected:
+        return None
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secrets.compare_digest(
+        sent.strip().encode(), expected.encode()
+    ):
+        return None
+    error = InputError(
+        "missing or wrong metrics token: send Authorization: Bearer <ATELIER_METRICS_TOKEN>",
+        status=401,
+        code="unauthorized",
+    )
+    response = jsonify(error.as_dict())
+    response.status_code = error.status
+    response.headers["WWW-Authenticate"] = 'Bearer realm="atelier-metrics"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.after_app_request
+def _forget_after_writes(response: Response) -> Response:
+    """Drop the cached jobs-table part after a write through this process succeeds.
+
+    A client that submits, cancels or deletes and then scrapes sees its own change at
+    once; changes made elsewhere (workers, other web processes) show within the period.
+    A write costs far more than the recount it causes, so this opens no cheap load.
+    """
+    if request.method in WRITE_METHODS and response.status_code < 400:
+        _database_parts.clear()
+    return response
 
 
 @bp.get("/metrics")
 def metrics_view():
+    settings = db.settings()
+    refusal = _refusal(settings)
+    if refusal is not None:
+        return refusal
+    seconds = current_app.config.get("METRICS_CACHE_SECONDS", DEFAULT_CACHE_SECONDS)
     return Response(
-        render(), content_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"}
+        render(settings, seconds),
+        content_type=CONTENT_TYPE_LATEST,
+        headers={"Cache-Control": "no-store"},
     )

@@ -17,6 +17,7 @@ from shared.params import MAX_STYLES, MIN_SIZE, STYLE_DEFAULTS, STYLE_FIELDS, VG
 from shared.settings import Settings
 from shared.states import ERROR_CODES, STATUSES
 from web import db
+from web.query import DEFAULT_LIMIT, KINDS, MAX_CURSOR_LENGTH, MAX_LIMIT
 
 bp = Blueprint("openapi", __name__)
 VERSION = "1.0.0"
@@ -76,6 +77,15 @@ def _files(description: str, max_items: int | None = None) -> dict[str, Any]:
     return schema
 
 
+def image_limits(settings: Settings) -> str:
+    """The bounds every image field enforces at submit, from the header alone."""
+    ratio = settings.max_aspect_ratio
+    return (
+        f"at most {settings.max_upload_bytes} bytes and {settings.max_pixels} pixels, "
+        f"aspect ratio at most 1:{ratio} (long side <= {ratio} x short side)"
+    )
+
+
 def submit_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
     """One multipart body schema per job kind (API.md, "Submit")."""
     common = {
@@ -87,7 +97,7 @@ def submit_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "webhook_events": {"type": "string", "description": "comma list of start,completed"},
     }
-    limit = f"at most {settings.max_upload_bytes} bytes and {settings.max_pixels} pixels"
+    limit = image_limits(settings)
     style = {
         "kind": {"const": "style_transfer"},
         "content": _file(f"content image (JPEG/PNG/WebP…, sniffed); {limit}"),
@@ -98,7 +108,9 @@ def submit_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
     fine_tune = {
         "kind": {"const": "fine_tune"},
         "dataset": _file(
-            ".zip / .tar / .tar.gz of <class>/<image> folders, optionally under train/ and val/"
+            ".zip / .tar / .tar.gz of <class>/<image> folders, optionally under train/ and val/; "
+            f"a member over {settings.max_pixels} pixels or more elongated than "
+            f"1:{settings.max_aspect_ratio} is skipped and listed with the unreadable ones"
         ),
         "backbone": {
             **_enum("vgg19", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0"),
@@ -241,6 +253,47 @@ NOT_FOUND = _error("no such job (also another owner's job)")
 UNAUTHORIZED = _error("no or invalid token (when auth is on)")
 
 
+def _list_parameters() -> list[dict[str, Any]]:
+    """The query of GET /api/v1/jobs, with the bounds that web.query enforces."""
+    return [
+        {
+            "name": "status",
+            "in": "query",
+            "schema": _enum(*STATUSES),
+            "description": "only jobs in this state; any other value is a 400",
+        },
+        {
+            "name": "kind",
+            "in": "query",
+            "schema": _enum(*KINDS),
+            "description": "only jobs of this kind; any other value is a 400",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_LIMIT,
+                "default": DEFAULT_LIMIT,
+            },
+            "description": f"jobs per page, a whole number from 1 to {MAX_LIMIT} "
+            f"(default {DEFAULT_LIMIT})",
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "schema": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_=-]+$",
+                "maxLength": MAX_CURSOR_LENGTH,
+            },
+            "description": "opaque: the `next` value of the previous page, unchanged; "
+            "anything else is a 400",
+        },
+    ]
+
+
 def _paths() -> dict[str, Any]:
     submit_body = {
         "required": True,
@@ -304,21 +357,11 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "listJobs",
                 "summary": "List jobs, newest first",
-                "parameters": [
-                    {"name": "status", "in": "query", "schema": _enum(*STATUSES)},
-                    {"name": "kind", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                    },
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "schema": {"type": "string"},
-                        "description": "the `next` value of the previous page",
-                    },
-                ],
+                "description": "Every query parameter is checked before the query runs: "
+                "a value outside its schema (control characters included) is a 400 whose "
+                "`field` names the parameter. An empty value means no filter; parameters "
+                "not listed here are ignored.",
+                "parameters": _list_parameters(),
                 "responses": {
                     "200": {
                         "description": "one page",

@@ -23,7 +23,9 @@ from web import csrf, db
 from web.auth import current_owner, owner_filter
 from web.charts import charts_for, to_svg
 from web.kinds import HANDLERS
+from web.query import list_query
 from web.results import fine_tune_view, predict_view, read_json_output
+from web.security import safe_redirect_target
 from web.serializers import job_to_dict
 from web.submit import submit_job
 
@@ -174,41 +176,31 @@ def delete(job_id: str):
     from web.api import delete_job
 
     delete_job(job_id)
-    target = request.form.get("next", "")
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("pages.gallery")
+    target = safe_redirect_target(request.form.get("next"), url_for("pages.gallery"))
     return redirect(target, code=303)
 
 
 @bp.get("/jobs")
 def gallery():
     """Every job of this owner, newest first, filtered by status and kind, page by page."""
-    status = request.args.get("status") or None
-    kind = request.args.get("kind") or None
-    if status and status not in states.STATUSES:
-        raise InputError(f"status must be one of {', '.join(states.STATUSES)}", field="status")
-    if kind and kind not in KIND_NAMES:
-        raise InputError(f"kind must be one of {', '.join(sorted(KIND_NAMES))}", field="kind")
+    query = list_query(request.args, page_size=GALLERY_PAGE)  # 400 page for a bad value
     session = db.session()
-    try:
-        rows, next_cursor = list_jobs(
-            session,
-            owner=owner_filter(),
-            status=status,
-            kind=kind,
-            limit=GALLERY_PAGE,
-            cursor=request.args.get("cursor") or None,
-        )
-    except (ValueError, TypeError):
-        raise InputError("this page link is not valid; start from the first page") from None
+    rows, next_cursor = list_jobs(
+        session,
+        owner=owner_filter(),
+        status=query.status,
+        kind=query.kind,
+        limit=query.limit,
+        cursor=query.cursor,
+    )
     return render_template(
         "gallery.html",
         jobs=[job_to_dict(session, job) for job in rows],
         terminal=states.TERMINAL,
         statuses=states.STATUSES,
         kinds=KINDS,
-        status=status,
-        kind=kind,
+        status=query.status,
+        kind=query.kind,
         next_cursor=next_cursor,
-        first_page=bool(request.args.get("cursor")),
+        first_page=query.cursor is not None,
     )

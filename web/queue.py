@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from celery import Celery
 from flask import Flask, current_app
 
-from shared.queue import (
-    CPU_QUEUE,
-    DELIVER_WEBHOOK_TASK,
-    QUEUE_FOR_KIND,
-    RUN_JOB_TASK,
-    celery_config,
-)
+from shared import webhooks, workers
+from shared.queue import QUEUE_FOR_KIND, RUN_JOB_TASK, celery_config
 from shared.settings import Settings
-from shared.webhooks import FAILED, notify_once
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +44,12 @@ def enqueue(job_id: str, kind: str) -> bool:
 
 
 def notify(job_id: str, event: str) -> None:
-    """Send a webhook event the web decided (a queued job canceled) from a thread.
+    """Queue a webhook event the web decided (a queued job canceled) on the cpu queue.
 
-    The first try happens here, not in a worker queue where it could wait behind a long
-    job; a failed ``completed`` is handed to the workers for retries with backoff.
+    The same enqueue as the workers': the request only reads the row and publishes, and
+    no thread is started per event; the cpu workers deliver and retry it.
     """
-    settings, celery = current_app.config["ATELIER"], client()
-
-    def send() -> None:
-        attempt = notify_once(settings, job_id, event)
-        if attempt is None or attempt.outcome != FAILED or event != "completed":
-            return
-        try:
-            celery.send_task(
-                DELIVER_WEBHOOK_TASK,
-                args=[attempt.url, attempt.body.decode(), event, attempt.delivery, 1],
-                queue=CPU_QUEUE,
-                countdown=2,
-                retry=False,
-            )
-        except Exception:
-            log.warning("could not queue the webhook retry of %s", job_id, exc_info=True)
-
-    threading.Thread(target=send, name=f"webhook-{job_id[:8]}", daemon=True).start()
+    webhooks.enqueue(current_app.config["ATELIER"], client(), job_id, event)
 
 
 def revoke(job_id: str) -> None:
@@ -84,9 +60,13 @@ def revoke(job_id: str) -> None:
         log.warning("could not revoke %s; the worker's claim will skip it", job_id, exc_info=True)
 
 
-def count_workers(timeout: float = 0.5) -> int:
-    replies = client().control.ping(timeout=timeout) or []
-    return len(replies)
+def count_workers(settings: Settings) -> int:
+    """Worker nodes with a live heartbeat in Redis (:mod:`shared.workers`).
+
+    Not a broadcast ping: that made every worker answer each ``/healthz`` and waited out a
+    timeout. Raises ``redis.RedisError`` when Redis is unreachable.
+    """
+    return workers.count_live(workers.redis_client(settings.broker_url))
 
 
 def init_app(app: Flask) -> None:

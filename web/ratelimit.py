@@ -7,6 +7,7 @@ hosts. When Redis is down the limit is skipped: submits still land in the outbox
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import redis
@@ -16,12 +17,15 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 _clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
 
 
 def _client(url: str) -> redis.Redis:
-    if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    return _clients[url]
+    """One client per URL and process; the lock keeps two first submits from making two."""
+    with _clients_lock:
+        if url not in _clients:
+            _clients[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        return _clients[url]
 
 
 def check_submit_rate(owner: str, settings: Settings) -> None:

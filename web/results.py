@@ -12,8 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.jobs import file_key
 from shared.models import Job
-from shared.storage import Storage, job_key
+from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -40,7 +41,7 @@ def read_json_output(storage: Storage, job: Job, name: str) -> Any | None:
     if item is None or item.size > MAX_JSON_BYTES:
         return None
     try:
-        with storage.open(job_key(job.id, name)) as handle:
+        with storage.open(file_key(job.id, item)) as handle:
             return json.loads(handle.read(MAX_JSON_BYTES + 1))
     except (OSError, ValueError):
         log.warning("job %s: cannot read %s", job.id, name, exc_info=True)

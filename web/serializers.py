@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from flask import url_for
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from shared.jobs import queue_position
+from shared.jobs import FileRead, JobRead, queue_position
 from shared.models import Job, JobFile
 from shared.timeutil import isoformat
 
 INPUT_ROLES = ("content", "style", "dataset", "image")
+# what werkzeug's path converter leaves unquoted, so links match url_for("api.get_file")
+_URL_SAFE = "!$&'()*+,/:;=@"
 
 
-def file_url(job: Job, name: str) -> str:
-    return url_for("api.get_file", job_id=job.id, name=name)
-
-
-def _progress(job: Job) -> dict[str, Any]:
+def _progress(job: Any) -> dict[str, Any]:
     total = job.progress_total or 0
     percent = round(100.0 * job.progress_current / total, 1) if total else 0.0
     return {
@@ -32,19 +33,41 @@ def _progress(job: Job) -> dict[str, Any]:
     }
 
 
-def _file(job: Job, item: JobFile) -> dict[str, Any]:
+def _file(item: Any, url: str) -> dict[str, Any]:
     return {
         "name": item.name,
         "role": item.role,
         "content_type": item.content_type,
         "size": item.size,
-        "url": file_url(job, item.name),
+        "url": url,
     }
 
 
 def job_to_dict(session: Session, job: Job, *, history: bool = False) -> dict[str, Any]:
     """The job object; ``history`` adds the progress series (single-job reads only)."""
-    files = list(job.files)
+    return job_body(job, job.files, queue_position(session, job), history=history)
+
+
+def read_to_dict(read: JobRead) -> dict[str, Any]:
+    """The job object of a single-job read (:func:`shared.jobs.read_job`), with history."""
+    return job_body(read.job, read.files, read.queue_position, history=True)
+
+
+def job_body(
+    job: Job | Row[Any],
+    files: Sequence[JobFile | FileRead],
+    queue_position: int | None,
+    *,
+    history: bool = False,
+) -> dict[str, Any]:
+    """The job object from a Job or a jobs row (same attribute names) and its files.
+
+    The file, cancel and self links all live under the job's own URL, so they are built
+    from one ``url_for`` of it (quoted as werkzeug quotes a path part) rather than one
+    ``url_for`` each: a job page polls this every second.
+    """
+    base = url_for("api.get_job", job_id=job.id)
+    urls = {item.name: f"{base}/files/{quote(item.name, safe=_URL_SAFE)}" for item in files}
     preview = next((f for f in files if f.role == "preview"), None)
     thumbnail = next((f for f in files if f.role == "thumbnail"), None)
     body = {
@@ -53,14 +76,12 @@ def job_to_dict(session: Session, job: Job, *, history: bool = False) -> dict[st
         "status": job.status,
         "owner": job.owner,
         "params": job.params,
-        "inputs": [_file(job, f) for f in files if f.role in INPUT_ROLES],
-        "queue_position": queue_position(session, job),
+        "inputs": [_file(f, urls[f.name]) for f in files if f.role in INPUT_ROLES],
+        "queue_position": queue_position,
         "progress": _progress(job),
-        "preview": (
-            {"url": file_url(job, preview.name), "step": job.preview_step} if preview else None
-        ),
-        "thumbnail": {"url": file_url(job, thumbnail.name)} if thumbnail else None,
-        "outputs": [_file(job, f) for f in files if f.role == "result"],
+        "preview": ({"url": urls[preview.name], "step": job.preview_step} if preview else None),
+        "thumbnail": {"url": urls[thumbnail.name]} if thumbnail else None,
+        "outputs": [_file(f, urls[f.name]) for f in files if f.role == "result"],
         "metrics": job.metrics or {"attempts": job.attempts},
         "error": (
             {"code": job.error_code, "message": job.error_message} if job.error_code else None
@@ -71,8 +92,8 @@ def job_to_dict(session: Session, job: Job, *, history: bool = False) -> dict[st
         "finished_at": isoformat(job.finished_at),
         "cancel_requested_at": isoformat(job.cancel_requested_at),
         "urls": {
-            "self": url_for("api.get_job", job_id=job.id),
-            "cancel": url_for("api.cancel_job", job_id=job.id),
+            "self": base,
+            "cancel": f"{base}/cancel",
             "web": url_for("pages.job_page", job_id=job.id),
         },
     }

@@ -3,24 +3,32 @@
 Order matters: admission (rate, quotas), validate everything (the kind's handler), write
 the input files, commit the row, then enqueue. A failure before the commit removes the
 files, so bad input leaves nothing behind; a broker failure after it leaves the row for
-the dispatcher.
+the dispatcher; a crash between the files and the commit leaves files that the
+dispatcher's orphan sweep removes after a grace period.
+
+The early quota check only spares work; the binding one (``shared.quotas.admit``) runs
+under the owner's lock in the transaction that inserts the row, after the files are
+written, so the lock is held for a count, an insert and a commit, never for an upload.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from shared.errors import InputError
 from shared.jobs import add_job, mark_enqueued, new_job_id
 from shared.models import Job
 from shared.params import validate_kind
-from shared.quotas import check_admission
+from shared.quotas import admit, check_admission
 from shared.settings import Settings
+from shared.states import SUCCEEDED
 from shared.storage import job_key, open_storage
 from shared.timeutil import utcnow
 from shared.webhooks import check_target, parse_events
@@ -63,6 +71,27 @@ def _webhook(form: Mapping[str, str], settings: Settings) -> tuple[str | None, s
     return url, events
 
 
+def _check_model_still_there(session: Session, kind: str, params: Mapping[str, Any]) -> None:
+    """A predict's model, checked by the handler, may have been deleted since: check again.
+
+    This runs under the owner's lock, which DELETE takes before it looks for predict jobs
+    using a model, so either the delete sees this job (and refuses) or this sees the
+    delete. ``FOR SHARE`` also keeps the row until the commit on PostgreSQL.
+    """
+    if kind != "predict":
+        return
+    model_id = params["model"]
+    status = session.scalar(select(Job.status).where(Job.id == model_id).with_for_update(read=True))
+    if status != SUCCEEDED:
+        raise InputError(
+            f"model: fine_tune job {model_id} was deleted while this job was submitted; "
+            "pick another model",
+            field="model",
+            status=409,
+            code="conflict",
+        )
+
+
 def submit_job(
     form: Mapping[str, str],
     files: MultiDict,
@@ -89,12 +118,15 @@ def submit_job(
         raise InputError(f"unknown file field {name!r} for {kind}", field=name)
     webhook_url, webhook_events = _webhook(form, settings)
     prepared = handler.prepare(SubmitContext(form, files, owner, settings, session))
+    session.commit()  # end the reads: no connection is held while the files are written
 
     job_id = new_job_id()
     storage = open_storage(settings.storage_url, settings)
     try:
         for stored, data in prepared.inputs:
             storage.put_bytes(job_key(job_id, stored.name), data)
+        admit(session, owner, settings)
+        _check_model_still_there(session, kind, prepared.params)
         job = add_job(
             session,
             job_id=job_id,

@@ -107,10 +107,18 @@ def worker_plan(args: argparse.Namespace, environ: dict[str, str]) -> list[tuple
 
 
 def _supervise(procs: list[subprocess.Popen]) -> int:
-    """Wait for the workers; on SIGTERM/SIGINT, or when one dies, stop all (warm shutdown)."""
+    """Wait for the workers; on SIGTERM/SIGINT, or when one dies, stop all (warm shutdown).
+
+    Each worker then drains for ATELIER_DRAIN_SECONDS and hands back a job still running;
+    a second SIGTERM/SIGINT is passed on too, and makes them stop at once.
+    """
     stopping = threading.Event()
 
     def _forward(_signum: int, _frame: object) -> None:
+        if stopping.is_set():  # the second signal: each worker's cold shutdown
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
         stopping.set()
 
     previous = {sig: signal.signal(sig, _forward) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -143,7 +151,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         extra, command = plan[0]
         os.environ.update(extra)
         os.execv(sys.executable, command)
-    procs = [subprocess.Popen(command, env={**os.environ, **extra}) for extra, command in plan]
+    # own sessions: a terminal's Ctrl-C reaches only this process, which passes on one
+    # signal per signal it gets (a second one stops the workers at once)
+    procs = [
+        subprocess.Popen(command, env={**os.environ, **extra}, start_new_session=True)
+        for extra, command in plan
+    ]
     return _supervise(procs)
 
 

@@ -3,7 +3,8 @@
 Each pass: requeue (or fail, past the attempts cap) running jobs whose worker stopped
 heartbeating; publish queued jobs the web could not hand to Redis; and, every minute,
 publish again queued jobs whose message Redis lost, and delete finished jobs past the
-retention time. So neither a broker outage nor a killed
+retention time; every ten minutes, delete storage folders that have no job row (older
+than ATELIER_ORPHAN_GRACE_SECONDS). So neither a broker outage nor a killed
 worker loses a job, and storage does not grow without bound.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +23,12 @@ from sqlalchemy import update
 
 from shared.db import session_scope
 from shared.housekeeping import (
+    active_predicts,
     expired_jobs,
     pending_dispatch,
     published_but_waiting,
     reap_stale,
+    sweep_orphan_files,
 )
 from shared.jobs import mark_enqueued
 from shared.models import Job
@@ -36,6 +40,7 @@ from shared.queue import (
     RUN_JOB_TASK,
     celery_config,
 )
+from shared.quotas import lock_owner
 from shared.settings import Settings
 from shared.states import FAILED
 from shared.storage import open_storage
@@ -44,6 +49,7 @@ from shared.timeutil import utcnow
 log = logging.getLogger(__name__)
 Send = Callable[[str, list, str], None]  # (task name, args, queue)
 SLOW_CHECKS_EVERY = 60.0
+ORPHAN_SWEEP_EVERY = 600.0  # it lists the whole storage: rarely, the grace is an hour
 
 
 def make_sender(settings: Settings) -> Send:
@@ -131,21 +137,46 @@ def republish_lost(settings: Settings, send: Send, *, older_than: float = 30.0) 
 
 
 def delete_expired(settings: Settings) -> int:
-    """Remove finished jobs past ATELIER_RESULT_TTL: files first, then rows."""
-    storage = open_storage(settings.storage_url)
+    """Remove finished jobs past ATELIER_RESULT_TTL: the row, then its files.
+
+    Each row is deleted under its owner's lock, after checking again that no predict job
+    submitted since the listing uses it as its model (the submit takes the same lock).
+    Files left by a crash between the two steps are removed by the orphan sweep.
+    """
+    storage = open_storage(settings.storage_url, settings)
     with session_scope(settings.database_url) as session:
         expired = expired_jobs(session, ttl_seconds=settings.result_ttl)
+        owners = {job_id: session.get(Job, job_id).owner for job_id in expired}
+    removed = 0
     for job_id in expired:
-        storage.delete_prefix(f"jobs/{job_id}")
         with session_scope(settings.database_url) as session:
+            lock_owner(session, owners[job_id])
             job = session.get(Job, job_id)
-            if job is not None:
-                session.delete(job)
-    return len(expired)
+            if job is None or active_predicts(session, job_id):
+                continue
+            session.delete(job)
+        storage.delete_prefix(f"jobs/{job_id}")
+        removed += 1
+    return removed
 
 
-def sweep_once(settings: Settings, send: Send, *, slow_checks: bool = True) -> int:
-    """One pass; ``slow_checks`` adds lost-message recovery and retention (once a minute).
+def sweep_orphans(settings: Settings) -> int:
+    """Delete storage folders with no job row, older than ATELIER_ORPHAN_GRACE_SECONDS."""
+    removed = sweep_orphan_files(
+        settings.database_url,
+        open_storage(settings.storage_url, settings),
+        grace_seconds=settings.orphan_grace_seconds,
+    )
+    if removed:
+        log.warning("removed the files of %d jobs with no row, e.g. %s", len(removed), removed[:5])
+    return len(removed)
+
+
+def sweep_once(
+    settings: Settings, send: Send, *, slow_checks: bool = True, orphans: bool = False
+) -> int:
+    """One pass; ``slow_checks`` adds lost-message recovery and retention (once a minute),
+    ``orphans`` the orphan-file sweep (every ten minutes).
 
     Returns how many jobs were published.
     """
@@ -154,18 +185,23 @@ def sweep_once(settings: Settings, send: Send, *, slow_checks: bool = True) -> i
     if slow_checks:
         published += republish_lost(settings, send)
         delete_expired(settings)
+    if orphans:
+        sweep_orphans(settings)
     return published
 
 
 def run_forever(settings: Settings, stop: threading.Event, interval: float = 2.0) -> None:
     send = make_sender(settings)
-    last_slow = 0.0
+    last_slow = last_orphans = -math.inf  # both due on the first pass
     while not stop.wait(interval):
         try:
             now = time.monotonic()
             due = now - last_slow >= SLOW_CHECKS_EVERY
-            sweep_once(settings, send, slow_checks=due)
+            orphans_due = now - last_orphans >= ORPHAN_SWEEP_EVERY
+            sweep_once(settings, send, slow_checks=due, orphans=orphans_due)
             if due:
                 last_slow = now
+            if orphans_due:
+                last_orphans = now
         except Exception:
             log.exception("dispatcher pass failed; retrying")

@@ -21,6 +21,10 @@ from shared import migrate
 from shared.hosts import export_trusted_hosts
 from shared.settings import load_settings
 from worker.dispatcher import run_forever
+from worker.progress import HANDBACK_GRACE
+
+# seconds past ATELIER_DRAIN_SECONDS that a stopping worker gets: the hand-back and exit
+DRAIN_MARGIN = HANDBACK_GRACE + 10
 
 
 def free_port() -> int:
@@ -117,13 +121,25 @@ def web_command(host: str, port: int, workers: int = 2) -> list:
 
 
 def _stop(proc: subprocess.Popen, name: str, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace``; a second Ctrl-C meanwhile sends SIGTERM
+    again, which stops a draining worker at once."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(grace)
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        _stop_waiting(proc, name, 10)
     except subprocess.TimeoutExpired:
-        print(f"atelier: {name} did not stop in {grace:.0f} s; killing it", file=sys.stderr)
+        _stop_waiting(proc, name, 0)
+
+
+def _stop_waiting(proc: subprocess.Popen, name: str, grace: float) -> None:
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        print(f"atelier: {name} did not stop; killing it", file=sys.stderr)
         proc.kill()
         proc.wait()
 
@@ -149,9 +165,19 @@ def run_up(host: str, port: int) -> int:
     stop = threading.Event()
     try:
         migrate.upgrade(settings.database_url)
-        worker = subprocess.Popen(worker_command(), env=env, start_new_session=True)
+        worker = subprocess.Popen(worker_command("gpu"), env=env, start_new_session=True)
+        # thumbnails and webhook deliveries: never behind a running job
+        helper = subprocess.Popen(
+            worker_command("cpu", 1, "atelier-cpu"), env=env, start_new_session=True
+        )
         web = subprocess.Popen(web_command(host, port), env=env, start_new_session=True)
-        children = [("web", web, 10), ("worker", worker, 15), *children]
+        worker_grace = settings.drain_seconds + DRAIN_MARGIN
+        children = [
+            ("web", web, 10),
+            ("worker", worker, worker_grace),
+            ("cpu worker", helper, worker_grace),
+            *children,
+        ]
         threading.Thread(target=run_forever, args=(settings, stop), daemon=True).start()
         print(f"atelier: ready at http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)

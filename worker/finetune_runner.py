@@ -8,15 +8,26 @@ callback that also honours cancels, and stores the outputs.
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
 
 from shared.archives import SafeArchive, file_names
 from shared.dataset_layout import plan_layout
+from shared.db import session_scope
 from shared.errors import InputError
+from shared.jobs import file_key
+from shared.models import JobFile
 from shared.settings import Settings
+from shared.states import Fence
 from shared.storage import Storage, job_key
 from worker.engines.errors import InvalidInput
 from worker.progress import ProgressReporter, mark_processing, record_outputs, store_output
+
+if TYPE_CHECKING:  # the engines (and torch) load only inside a job
+    from worker.engines.finetune import FineTunedModel
+    from worker.engines.imaging import ImageLimits
 
 ENGINE_PARAMS = (
     "backbone", "strategy", "epochs", "batch_size", "lr", "weight_decay", "image_size",
@@ -27,8 +38,30 @@ PREDICT_BATCH = 16
 
 
 def _read(storage: Storage, job_id: str, name: str) -> bytes:
-    with storage.open(job_key(job_id, name)) as handle:
+    """An input of the job (the web stores those at ``jobs/<id>/<name>``)."""
+    return _read_key(storage, job_key(job_id, name))
+
+
+def _read_key(storage: Storage, key: str) -> bytes:
+    with storage.open(key) as handle:
         return handle.read()
+
+
+def model_key(settings: Settings, storage: Storage, model_id: str) -> str:
+    """Storage key of a fine-tune job's model.pt, from its file row (the attempt that
+    wrote it); InvalidInput when the row or the file is gone."""
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(
+            select(JobFile).where(JobFile.job_id == model_id, JobFile.name == MODEL_FILE)
+        )
+        key = None if row is None else file_key(model_id, row)
+    if key is None or not storage.exists(key):
+        raise InvalidInput(
+            f"fine_tune job {model_id} has no {MODEL_FILE} any more (deleted?); "
+            "fine-tune again or pick another model",
+            "model",
+        )
+    return key
 
 
 def load_dataset(data: bytes):
@@ -51,7 +84,7 @@ def load_dataset(data: bytes):
 
 
 def run_fine_tune(
-    job_id: str,
+    fence: Fence,
     params: dict[str, Any],
     inputs: list[tuple[str, str]],
     settings: Settings,
@@ -60,10 +93,12 @@ def run_fine_tune(
     """Train on the uploaded archive; store model.pt, metrics.json and model_card.md."""
     from worker.engines.finetune import FinetuneProgress, fine_tune
 
+    job_id = fence.job_id
     archive_name = next(name for role, name in inputs if role == "dataset")
     dataset, layout = load_dataset(_read(storage, job_id, archive_name))
-    mark_processing(settings, job_id)
-    reporter = ProgressReporter(job_id, settings, storage)
+    dataset = replace(dataset, limits=image_limits(settings))
+    mark_processing(settings, fence)
+    reporter = ProgressReporter(fence, settings, storage)
 
     def on_progress(p: FinetuneProgress) -> None:
         detail = {"epoch": p.epoch, "epochs": p.epochs, "val_accuracy": p.val_accuracy,
@@ -75,12 +110,12 @@ def run_fine_tune(
     result = fine_tune(dataset, callback=on_progress, device=settings.device, **engine_args)
     metrics = {**result.metrics, "ignored_files": len(layout.ignored)}
     outputs = [
-        store_output(storage, job_id, MODEL_FILE, result.checkpoint, "application/octet-stream"),
-        store_output(storage, job_id, "metrics.json", json.dumps(metrics, indent=2).encode(),
+        store_output(storage, fence, MODEL_FILE, result.checkpoint, "application/octet-stream"),
+        store_output(storage, fence, "metrics.json", json.dumps(metrics, indent=2).encode(),
                "application/json"),
-        store_output(storage, job_id, "model_card.md", result.model_card.encode(), "text/markdown"),
+        store_output(storage, fence, "model_card.md", result.model_card.encode(), "text/markdown"),
     ]  # fmt: skip
-    record_outputs(settings, job_id, outputs)
+    record_outputs(settings, fence, outputs)
     return {
         "device": result.config.device,
         "accuracy": result.metrics["accuracy"],
@@ -95,7 +130,7 @@ def run_fine_tune(
 
 
 def run_predict(
-    job_id: str,
+    fence: Fence,
     params: dict[str, Any],
     inputs: list[tuple[str, str]],
     settings: Settings,
@@ -104,30 +139,61 @@ def run_predict(
     """Top-k labels for each uploaded image with a fine-tune job's model.pt."""
     from worker.engines.finetune import load_model
 
-    model_id = params["model"]
-    if not storage.exists(job_key(model_id, MODEL_FILE)):
-        raise InvalidInput(
-            f"fine_tune job {model_id} has no {MODEL_FILE} any more (deleted?); "
-            "fine-tune again or pick another model",
-            "model",
-        )
+    job_id, model_id = fence.job_id, params["model"]
+    model_file = model_key(settings, storage, model_id)
     images = [name for role, name in inputs if role == "image"]
     names = params.get("image_names") or images
     data = [_read(storage, job_id, name) for name in images]
-    mark_processing(settings, job_id)
-    reporter = ProgressReporter(job_id, settings, storage)
+    mark_processing(settings, fence)
+    reporter = ProgressReporter(fence, settings, storage)
     reporter.report(current=0, total=len(data), stage="loading model", loss=None, force=True)
-    model = load_model(_read(storage, model_id, MODEL_FILE), device=settings.device)
-    predictions = []
+    model = load_model(_read_key(storage, model_file), device=settings.device)
+    predictions, limits = [], image_limits(settings)
     for start in range(0, len(data), PREDICT_BATCH):
-        tops = model.predict(data[start : start + PREDICT_BATCH], top_k=int(params["top_k"]))
-        chunk = names[start : start + PREDICT_BATCH]
-        predictions += [{"name": n, "top": top} for n, top in zip(chunk, tops, strict=True)]
+        chunk = list(zip(names[start : start + PREDICT_BATCH], data[start : start + PREDICT_BATCH],
+                         strict=True))  # fmt: skip
+        predictions += predict_chunk(model, chunk, int(params["top_k"]), limits)
         reporter.report(current=len(predictions), total=len(data), stage="predicting", loss=None)
-    body = {"model": model_id, "classes": model.classes, "predictions": predictions}
+    unreadable = [p for p in predictions if "error" in p]
+    if len(unreadable) == len(predictions):
+        examples = "; ".join(f"{p['name']}: {p['error']}" for p in unreadable[:3])
+        raise InvalidInput(f"none of the {len(data)} images could be read, e.g. {examples}",
+                           "image")  # fmt: skip
+    body = {"model": model_id, "classes": model.classes, "predictions": predictions,
+            "unreadable": len(unreadable)}  # fmt: skip
     outputs = [
-        store_output(storage, job_id, "predictions.json", json.dumps(body, indent=2).encode(),
+        store_output(storage, fence, "predictions.json", json.dumps(body, indent=2).encode(),
                "application/json")
     ]  # fmt: skip
-    record_outputs(settings, job_id, outputs)
-    return {"device": model.device, "model": model_id, "images": len(data)}
+    record_outputs(settings, fence, outputs)
+    return {"device": model.device, "model": model_id, "images": len(data),
+            "unreadable": len(unreadable)}  # fmt: skip
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    """The header bounds (ATELIER_MAX_PIXELS, ATELIER_MAX_ASPECT_RATIO) every decode checks."""
+    from worker.engines.imaging import ImageLimits
+
+    return ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
+
+
+def predict_chunk(
+    model: FineTunedModel, chunk: list[tuple[str, bytes]], top_k: int, limits: ImageLimits
+) -> list[dict[str, Any]]:
+    """Predictions for (name, bytes) pairs, in order; an unreadable image is listed, not fatal.
+
+    The submit checked headers only, so a truncated or corrupt body is found here: that
+    image gets ``"top": []`` and an ``"error"``, and the others are still labelled.
+    """
+    rows, crops = [], []
+    for name, blob in chunk:
+        try:
+            crops.append(model.crop(blob, limits))
+            rows.append({"name": name, "top": None})
+        except ValueError as exc:
+            rows.append({"name": name, "top": [], "error": f"cannot be read: {exc}"[:300]})
+    tops = iter(model.predict_crops(crops, top_k=top_k) if crops else [])
+    for row in rows:
+        if row["top"] is None:
+            row["top"] = next(tops)
+    return rows

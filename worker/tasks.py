@@ -2,29 +2,79 @@
 
 from __future__ import annotations
 
-from shared.queue import DELIVER_WEBHOOK_TASK, NOTIFY_TASK, RUN_JOB_TASK
+import logging
+
+from celery import Celery
+from sqlalchemy import select
+
+from shared import states
+from shared.db import session_scope
+from shared.jobs import mark_enqueued
+from shared.models import Job
+from shared.queue import (
+    DELIVER_WEBHOOK_TASK,
+    GPU_QUEUE,
+    NOTIFY_TASK,
+    QUEUE_FOR_KIND,
+    RUN_JOB_TASK,
+)
 from shared.settings import get_settings
-from shared.webhooks import FAILED, deliver
 from worker import webhooks
 from worker.celery_app import app
 from worker.runner import run_job as run_job_row
 
+log = logging.getLogger(__name__)
+
 
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self, job_id: str) -> None:
-    """Run one job; the row, not Celery's result, records what happened."""
-    run_job_row(job_id, worker=self.request.hostname or "worker")
+    """Run one job; the row, not Celery's result, records what happened.
+
+    Every outcome returns normally, so the message is acked (``task_acks_late``): a job
+    that is not ours, or was taken over from us (superseded), runs on the message of the
+    worker that has it; a job handed back by a shutdown drain is published again here,
+    and by the dispatcher if this fails (its row waits with ``enqueued_at`` cleared).
+    Only a dead child leaves the message unacked, and the claim's compare-and-set makes
+    its redelivery harmless.
+    """
+    status = run_job_row(job_id, worker=self.request.hostname or "worker")
+    if status == states.QUEUED:
+        publish_again(self.app, job_id)
+
+
+def publish_again(celery: Celery, job_id: str) -> None:
+    """Put a handed-back job on its queue for another worker, best effort."""
+    settings = get_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            kind = session.scalar(select(Job.kind).where(Job.id == job_id))
+        queue = QUEUE_FOR_KIND.get(kind or "", GPU_QUEUE)
+        celery.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, task_id=job_id, retry=False)
+        with session_scope(settings.database_url) as session:
+            mark_enqueued(session, job_id)
+    except Exception:
+        log.warning("could not publish handed-back job %s; the dispatcher will", job_id,
+                    exc_info=True)  # fmt: skip
 
 
 @app.task(name=NOTIFY_TASK)
 def notify_webhook(job_id: str, event: str) -> None:
-    """Events decided outside a worker (a queued job canceled by the web)."""
-    webhooks.notify(get_settings(), job_id, event, retry=webhooks.schedule_retry)
+    """Events decided outside a worker (the dispatcher failing a job that stopped
+    heartbeating): queues the delivery task like any other event."""
+    webhooks.notify(get_settings(), job_id, event)
 
 
-@app.task(name=DELIVER_WEBHOOK_TASK)
-def deliver_webhook(url: str, body: str, event: str, delivery: str, attempt: int) -> None:
-    """One retry of a failed delivery; schedules the next one with a longer delay."""
-    outcome = deliver(get_settings(), url, body.encode(), event, delivery)
-    if outcome == FAILED:
-        webhooks.schedule_retry(url, body.encode(), delivery, attempt + 1)
+@app.task(
+    name=DELIVER_WEBHOOK_TASK,
+    bind=True,
+    max_retries=None,  # webhooks.retry_delay counts the tries
+    soft_time_limit=webhooks.TASK_SOFT_TIME_LIMIT,
+    time_limit=webhooks.TASK_TIME_LIMIT,
+)
+def deliver_webhook(self, url: str, body: str, event: str, delivery: str, attempt: int = 0) -> None:
+    """One try of a queued delivery (``attempt``: tries before this message was sent);
+    a failed ``completed`` comes back as a Celery retry after a longer delay."""
+    tries_before = attempt + self.request.retries
+    delay = webhooks.attempt(get_settings(), url, body.encode(), event, delivery, tries_before)
+    if delay is not None:
+        raise self.retry(countdown=delay)

@@ -1,8 +1,9 @@
-"""Delivering webhooks: the first try inline (no queueing delay), retries as Celery tasks.
+"""Webhooks from the worker: events are queued on the cpu queue, tried and retried there.
 
-Only ``completed`` is retried (with exponential backoff): it is the event clients must
-not miss; ``start`` is best effort. Redirects are not followed, so a public target can't
-bounce a delivery to a private address.
+Nothing is sent on a job's thread: a target that hangs or drips costs the job nothing,
+and a GPU worker never waits on someone's web server. Only ``completed`` is retried (with
+exponential backoff, as Celery retries of the delivery task): it is the event clients
+must not miss; ``start`` is best effort.
 """
 
 from __future__ import annotations
@@ -11,29 +12,65 @@ import logging
 
 from shared.queue import CPU_QUEUE, DELIVER_WEBHOOK_TASK
 from shared.settings import Settings
-from shared.webhooks import FAILED, notify_once
+from shared.webhooks import DEADLINE, FAILED, deliver, enqueue
 
 log = logging.getLogger(__name__)
-MAX_RETRIES = 6
+MAX_TRIES = 6
 BACKOFF_BASE = 2.0
+# the delivery task's Celery limits: the attempt's own deadline, plus room for a system
+# DNS lookup, which no socket timeout interrupts
+TASK_SOFT_TIME_LIMIT = int(DEADLINE) * 3
+TASK_TIME_LIMIT = TASK_SOFT_TIME_LIMIT + 15
 
 
-def notify(settings: Settings, job_id: str, event: str, retry=None) -> None:
-    """Send ``event`` if the job asked for it; a failed ``completed`` goes to ``retry``
-    (``retry(url, body, delivery, attempt)``, a Celery task in production)."""
-    attempt = notify_once(settings, job_id, event)
-    if attempt and attempt.outcome == FAILED and event == "completed" and retry:
-        retry(attempt.url, attempt.body, attempt.delivery, 1)
+def notify(settings: Settings, job_id: str, event: str, retry: object = None) -> None:
+    """Queue ``event``'s delivery on the cpu queue if the job asked for it.
+
+    ``retry`` is accepted for callers written when the first try ran here; retries are
+    now the delivery task's own, so it is not used.
+    """
+    enqueue(settings, _WorkerApp(), job_id, event)
 
 
-def backoff(attempt: int) -> float:
-    return BACKOFF_BASE**attempt
+class _WorkerApp:
+    """The worker's Celery app, imported only when a delivery is really queued: the app's
+    module includes worker.tasks, and a job without a webhook needs no broker at all."""
+
+    def send_task(self, *args: object, **kwargs: object) -> object:
+        from worker.celery_app import app
+
+        return app.send_task(*args, **kwargs)
+
+
+def backoff(tries: int) -> float:
+    """Seconds before the next try of a delivery tried ``tries`` times: 2, 4, 8, 16, 32."""
+    return BACKOFF_BASE**tries
+
+
+def retry_delay(event: str, outcome: str, tries: int, delivery: str) -> float | None:
+    """When to try again after ``tries`` tries ended in ``outcome``; None: done."""
+    if outcome != FAILED or event != "completed":
+        return None
+    if tries >= MAX_TRIES:
+        log.error("webhook delivery %s gave up after %d tries", delivery, tries)
+        return None
+    return backoff(tries)
+
+
+def attempt(
+    settings: Settings, url: str, body: bytes, event: str, delivery: str, tries_before: int
+) -> float | None:
+    """One try of a queued delivery; returns the delay before the next, or None."""
+    outcome = deliver(settings, url, body, event, delivery)
+    return retry_delay(event, outcome, tries_before + 1, delivery)
 
 
 def schedule_retry(url: str, body: bytes, delivery: str, attempt: int) -> None:
-    """Queue delivery attempt ``attempt`` on the cpu queue after an exponential delay."""
-    if attempt > MAX_RETRIES:
-        log.error("webhook delivery %s gave up after %d attempts", delivery, attempt)
+    """Queue the next try of a ``completed`` delivery tried ``attempt`` times, after the
+    backoff. The delivery task retries itself; this is for code that hands a failed try
+    over (and what older callers pass as notify's ``retry``)."""
+    delay = retry_delay("completed", FAILED, attempt, delivery)
+    if delay is None:
         return
     from worker.celery_app import app
 
@@ -41,5 +78,6 @@ def schedule_retry(url: str, body: bytes, delivery: str, attempt: int) -> None:
         DELIVER_WEBHOOK_TASK,
         args=[url, body.decode(), "completed", delivery, attempt],
         queue=CPU_QUEUE,
-        countdown=backoff(attempt),
+        countdown=delay,
+        retry=False,
     )

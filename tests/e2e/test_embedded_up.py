@@ -59,7 +59,8 @@ def test_up_runs_a_job_and_stops_cleanly(tmp_path):
         )
         assert job["status"] == "succeeded", job["error"]
         assert (tmp_path / "var" / "atelier.db").exists()
-        assert (tmp_path / "var" / "storage" / "jobs" / job["id"] / "result.png").exists()
+        folder = tmp_path / "var" / "storage" / "jobs" / job["id"]
+        assert (folder / "attempt-1" / "result.png").exists()  # each attempt has its own
     finally:
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)

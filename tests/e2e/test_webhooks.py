@@ -56,10 +56,18 @@ class Receiver:
 def hook_env(tmp_path, fresh_db_url, redis_url):
     settings = make_settings(tmp_path, fresh_db_url, redis_url, webhook_allow_private=True)
     migrate.upgrade(settings.database_url)
-    worker = WorkerProcess(settings, "hooks", tmp_path / "hooks.log")
-    worker.wait_ready(settings)
-    yield settings
-    worker.stop()
+    # Deliveries go through the cpu queue: a worker of their own, as in a deployment.
+    workers = [
+        WorkerProcess(settings, "hooks", tmp_path / "hooks.log", queues="gpu"),
+        WorkerProcess(settings, "hooks-cpu", tmp_path / "hooks-cpu.log", queues="cpu"),
+    ]
+    try:
+        for worker in workers:
+            worker.wait_ready(settings)
+        yield settings
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 def _submit(settings, url: str, **fields):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import stat
+import struct
 import tarfile
 import zipfile
 
@@ -184,3 +186,104 @@ def test_layout_train_val_and_class_rules():
         plan_layout([f"ants/{i}.jpg" for i in range(10)] + ["bees/1.jpg"])
     with pytest.raises(InputError, match="val/ has classes"):
         plan_layout(list(files) + ["val/wasps/1.png"])
+
+
+def _tar_in_format(files: dict[str, bytes], fmt: int, gz: bool) -> bytes:
+    """A tar written by tarfile in ``fmt``, with a folder entry before each class's files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w", format=fmt) as archive:
+        for folder in sorted({name.rsplit("/", 1)[0] for name in files}):
+            info = tarfile.TarInfo(folder)
+            info.type = tarfile.DIRTYPE
+            archive.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_long_and_non_ascii_names_list_and_read(fmt, gz):
+    """Our own header parser reads what tarfile writes: pax records, GNU long names, ustar
+    prefixes, folders, for names past the 100-byte field and outside ASCII."""
+    prefix = "données/" + "a-rather-long-folder-name/" * (4 if fmt == tarfile.USTAR_FORMAT else 6)
+    files = shape_files(5, prefix=prefix)
+    archive = SafeArchive(_tar_in_format(files, fmt, gz))
+    assert [m.name for m in archive.members] == list(files)
+    assert all(len(name.encode()) > 100 for name in files)
+    assert dict(archive.read(set(files))) == files
+
+
+def _set_size_base256(tar: bytes, at: int = 0) -> bytes:
+    """The header at ``at`` with its size in GNU base-256 form and the checksum redone."""
+    block = bytearray(tar[at : at + 512])
+    size = int(block[124:136].split(b"\0")[0], 8)
+    block[124:136] = b"\x80" + size.to_bytes(11, "big")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return tar[:at] + bytes(block) + tar[at + 512 :]
+
+
+def test_base256_sizes_and_several_gzip_members_read_alike():
+    files = shape_files(5)
+    tar = make_tar(files)
+    assert dict(SafeArchive(_set_size_base256(tar)).read(set(files))) == files
+    cut = 3 * 512
+    members = gzip.compress(tar[:cut]) + gzip.compress(tar[cut:])  # gzip allows several
+    archive = SafeArchive(members)
+    assert archive.format == "tar.gz" and dict(archive.read(set(files))) == files
+
+
+def test_damaged_tar_headers_are_corrupt():
+    tar = bytearray(make_tar(shape_files(5)))
+    second = 512 + len(PNG) + (-len(PNG) % 512)
+    tar[second + 10] ^= 0xFF  # a name byte: the checksum no longer matches
+    assert "bad checksum" in _refused(bytes(tar)).message
+    whole = make_tar(shape_files(5))
+    assert "corrupt" in _refused(whole[: len(whole) // 2 + 100]).message
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    pax.size = 13
+    orphan = pax.tobuf(tarfile.USTAR_FORMAT) + b"13 path=abc\n\n".ljust(512, b"\0")
+    assert "no member after it" in _refused(orphan + bytes(1024)).message
+
+
+def test_sparse_files_and_folders_with_data_are_refused():
+    sparse = _file("ants/holes.png")
+    sparse.type = tarfile.GNUTYPE_SPARSE
+    assert "not a regular file" in _refused(_tar_with([_file("ants/1.png"), sparse])).message
+    pax_sparse = _file("ants/holes.png")
+    pax_sparse.pax_headers = {"GNU.sparse.size": "1000"}
+    tar = _tar_with([_file("ants/1.png"), pax_sparse])
+    assert "not a regular file" in _refused(tar).message
+    folder = bytearray(_tar_with([tarfile.TarInfo("ants")]))
+    folder[156:157] = b"5"
+    folder[124:136] = b"%011o\0" % 512
+    folder[148:156] = b" " * 8
+    folder[148:156] = b"%06o\0 " % sum(folder[:512])
+    assert "declares 512 bytes" in _refused(bytes(folder)).message
+
+
+def _with_zip64_end(data: bytes) -> bytes:
+    """The zip with zip64 end records in front of its end record, which then defers to them."""
+    at = data.rindex(b"PK\x05\x06")
+    _, _, _, count, total, size, offset, _ = struct.unpack_from("<4s4H2LH", data, at)
+    end64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, total, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1)
+    full = (0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+    return data[:at] + end64 + locator + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, *full, 0)
+
+
+def test_zip_end_records_are_found_as_zipfile_finds_them():
+    """The directory walk must cover what zipfile parses: with a comment after the end
+    record, and with zip64 end records."""
+    files = shape_files(5)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, payload in files.items():
+            archive.writestr(name, payload)
+        archive.comment = b"a comment, so the end record is not the last 22 bytes"
+    for data in (buffer.getvalue(), _with_zip64_end(make_zip(files))):
+        assert dict(SafeArchive(data).read(set(files))) == files

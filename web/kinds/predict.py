@@ -2,6 +2,9 @@
 
 The model is checked now (same owner, kind ``fine_tune``, ``succeeded``, ``model.pt``
 recorded) so a prediction that cannot run is refused before a job exists.
+Images are checked from their headers only (format, bytes, pixels, aspect ratio): up
+to 256 of them are decoded by the worker, which lists an unreadable one in
+``predictions.json`` instead of failing the others.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ def prepare(ctx: SubmitContext) -> Prepared:
     for i, upload in enumerate(images, start=1):
         data = read_upload(upload, "image", limits.max_upload_bytes)
         info = inspect_image(
-            data, field="image", max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels
+            data,
+            field="image",
+            max_bytes=limits.max_upload_bytes,
+            max_pixels=limits.max_pixels,
+            max_aspect_ratio=limits.max_aspect_ratio,
         )
         stored = StoredFile("image", f"image-{i}.{info.extension}", info.content_type, len(data))
         inputs.append((stored, data))

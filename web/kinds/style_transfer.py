@@ -25,7 +25,11 @@ def prepare(ctx: SubmitContext) -> Prepared:
     for role, stem, upload in named:
         data = read_upload(upload, role, limits.max_upload_bytes)
         info = inspect_image(
-            data, field=role, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels
+            data,
+            field=role,
+            max_bytes=limits.max_upload_bytes,
+            max_pixels=limits.max_pixels,
+            max_aspect_ratio=limits.max_aspect_ratio,
         )
         stored = StoredFile(role, f"{stem}.{info.extension}", info.content_type, len(data))
         inputs.append((stored, data))

@@ -22,8 +22,7 @@
     status.className = "status status-" + job.status;
     $("queue").textContent = job.queue_position ? "Position in queue: " + job.queue_position : "";
     const p = job.progress;
-    $("bar").style.width = p.percent + "%";
-    $("bar").parentElement.setAttribute("aria-valuenow", p.percent);
+    $("bar").value = p.percent;
     let text = p.percent + "%";
     if (p.stage) text += " · " + p.stage;
     if (p.eta_seconds && !terminal.has(job.status)) text += " · about " + eta(p.eta_seconds) + " left";

@@ -4,7 +4,9 @@ Images are decoded once, upright and in RGB, resized so the short side is
 ``image_size × 256/224`` (the ImageNet convention) and kept as uint8 tensors: evaluation
 takes the centre ``image_size`` square, training with augmentation a random square and a
 random horizontal flip. A file that does not decode is counted and named, not fatal,
-unless more than ``MAX_UNREADABLE_FRACTION`` of the dataset is unreadable.
+unless more than ``MAX_UNREADABLE_FRACTION`` of the dataset is unreadable. So is one whose
+header declares too many pixels or too elongated a shape (``ImageLimits``): it is listed
+without being decoded, since scaling its short side up would allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput
-from .imaging import to_rgb
+from .imaging import DEFAULT_LIMITS, ImageLimits, check_shape, cover_short_side, resize, to_rgb
 
 MAX_UNREADABLE_FRACTION = 0.1
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ImageDataset:
     classes: list[str]
     train: list[LabeledImage]
     val: list[LabeledImage] | None = None
+    limits: ImageLimits = DEFAULT_LIMITS  # the worker passes its settings' bounds
 
 
 @dataclass
@@ -60,21 +62,24 @@ def resize_size(image_size: int) -> int:
     return round(image_size * 256 / 224)
 
 
-def decode(data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Bytes → uint8 (3, H, W) with short side ``resize_size``; raises ValueError if unusable."""
+def decode(data: bytes, image_size: int, limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """Bytes → uint8 (3, H, W) with short side ``resize_size``; raises ValueError if unusable.
+
+    The header's size is checked (pixels, aspect ratio, and the resized size against
+    ``limits.max_pixels``) before a pixel is decoded, so no upload can make this allocate
+    more than the limits allow.
+    """
     target = resize_size(image_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > max_pixels:
-                    raise ValueError(f"{image.width}x{image.height} is over {max_pixels} pixels")
+                check_shape(image.width, image.height, "the image", limits)
+                cover_short_side(image.width, image.height, target, limits.max_pixels)
                 image.draft("RGB", (target, target))  # JPEG: decode at a reduced scale
                 image = to_rgb(ImageOps.exif_transpose(image))
-                scale = target / min(image.size)
-                size = (max(target, round(image.width * scale)),
-                        max(target, round(image.height * scale)))  # fmt: skip
-                image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+                size = cover_short_side(image.width, image.height, target, limits.max_pixels)
+                image = resize(image, size, max_pixels=limits.max_pixels, reducing_gap=2.0)
                 array = np.asarray(image, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:  # fmt: skip
@@ -118,7 +123,7 @@ def decode_all(
         try:
             if item.data is None:
                 raise ValueError("the archive member could not be read (damaged data)")
-            kept[item.name] = decode(item.data, image_size)
+            kept[item.name] = decode(item.data, image_size, dataset.limits)
         except ValueError as exc:
             unreadable.append({"name": item.name, "reason": str(exc)[:200]})
         if progress is not None:

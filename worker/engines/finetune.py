@@ -530,15 +530,29 @@ class FineTunedModel:
     precision: str
     info: dict[str, Any]
 
+    def crop(self, data: bytes, limits: ds.ImageLimits = ds.DEFAULT_LIMITS) -> torch.Tensor:
+        """The uint8 centre square the model sees; ValueError when the image is unusable.
+
+        Apart from ``predict`` so a caller can skip (and list) one unreadable image of a
+        batch instead of losing the others; ``limits`` are checked from the header first.
+        """
+        return ds.center_crop(ds.decode(data, self.image_size, limits), self.image_size)
+
     def predict(self, images: list[bytes], top_k: int = 3) -> list[list[dict[str, Any]]]:
         """Top-k (label, probability) per image, in one batch; InvalidInput if one is unreadable."""
-        k = min(top_k, len(self.classes))
         crops = []
         for i, data in enumerate(images):
             try:
-                crops.append(ds.center_crop(ds.decode(data, self.image_size), self.image_size))
+                crops.append(self.crop(data))
             except ValueError as exc:
                 raise InvalidInput(f"image {i + 1} cannot be read: {exc}", "image") from None
+        return self.predict_crops(crops, top_k)
+
+    def predict_crops(
+        self, crops: list[torch.Tensor], top_k: int = 3
+    ) -> list[list[dict[str, Any]]]:
+        """Top-k (label, probability) per ``crop`` result, in one batch."""
+        k = min(top_k, len(self.classes))
         batch = _inputs(torch.stack(crops).float().div(255.0), self.device, self.precision)
         with torch.inference_mode(), _autocast(self.device, self.precision):
             probs = F.softmax(self.model(batch).float(), dim=1).cpu()

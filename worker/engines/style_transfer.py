@@ -12,6 +12,7 @@ the same weights give the same look at every size.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -161,18 +162,46 @@ def _check_memory(dims: tuple[int, int], device: torch.device, bf16: bool) -> in
     return int(free - need)
 
 
+def _style_dims(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """A style's size at one scale: long side ``side``, lengthened no further than the
+    engine's largest size.
+
+    A very elongated style is lengthened so relu5_1 keeps at least one pixel; past
+    ``_style_long_side(side)`` that is refused (InvalidInput) before anything is resized,
+    so no shape can make the style input grow without limit.
+    """
+    sdims = imaging.fit_long_side(*size, side)
+    if min(sdims) < MIN_SIDE:  # a very elongated style: keep relu5_1 non-empty
+        sdims = imaging.fit_long_side(*size, side * MIN_SIDE // min(sdims) + 1)
+    if min(sdims) < MIN_SIDE:  # rounding still left it short: the exact length
+        sdims = imaging.fit_long_side(*size, math.ceil(MIN_SIDE * max(size) / min(size)))
+    if max(sdims) > _style_long_side(side):
+        raise InvalidInput(
+            f"a style image is {size[0]}x{size[1]}: keeping {MIN_SIDE} px on its short side "
+            f"would need a {max(sdims)} px long side, over the {_style_long_side(side)} px "
+            "limit; it is too elongated, so crop it",
+            "styles",
+        )
+    return sdims
+
+
+def _style_long_side(side: int) -> int:
+    """The longest a style input may be: its scale's side, or at most the largest size."""
+    return max(side, LIMITS.max_size)
+
+
 def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Tensor]:
     """Content features and blended style Grams at one scale, plus the content tensor."""
-    content = imaging.to_tensor(imaging.resize(job.content, dims), job.device)
+    content = imaging.to_tensor(
+        imaging.resize(job.content, dims, max_pixels=max(dims) ** 2), job.device
+    )
     source = imaging.luminance(content) if job.luminance else content
     with torch.no_grad():
         content_feats = job.features(source)
     per_style = []
     side = max(16, round(job.params.style_scale * max(dims)))
     for style in job.styles:
-        sdims = imaging.fit_long_side(*style.image.size, side)
-        if min(sdims) < MIN_SIDE:  # a very elongated style: keep relu5_1 non-empty
-            sdims = imaging.fit_long_side(*style.image.size, side * MIN_SIDE // min(sdims) + 1)
+        sdims = _style_dims(style.image.size, side)
         color = job.params.preserve_color
         key = (
             style.digest,
@@ -186,7 +215,10 @@ def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Ten
         )
 
         def make_input(style: _Style = style, sdims: tuple[int, int] = sdims) -> torch.Tensor:
-            x = imaging.to_tensor(imaging.resize(style.image, sdims), job.device)
+            x = imaging.to_tensor(
+                imaging.resize(style.image, sdims, max_pixels=_style_long_side(side) ** 2),
+                job.device,
+            )
             if job.params.preserve_color == "statistics":
                 return imaging.match_color_statistics(x, content)
             if job.luminance:
@@ -334,9 +366,15 @@ def _plan(
     sides = planning.scale_sizes(params.size, params.multiscale, preset.min_scale)
     dims = planning.scale_dims(content.size, sides)
     if min(dims[-1]) < MIN_SIDE:
+        needed = math.ceil(MIN_SIDE * max(content.size) / min(content.size))
+        fix = (
+            "so increase size"
+            if needed <= LIMITS.max_size
+            else f"and no size up to {LIMITS.max_size} reaches it, so crop the content"
+        )
         raise InvalidInput(
             f"size {params.size} makes the output {dims[-1][0]}x{dims[-1][1]}; VGG19 needs "
-            f"at least {MIN_SIDE} px on the short side, so increase size",
+            f"at least {MIN_SIDE} px on the short side, {fix}",
             "size",
         )
     dims = [d for d in dims if min(d) >= MIN_SIDE]
