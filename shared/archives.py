@@ -7,7 +7,12 @@ tries them is not a dataset anyone meant to send:
 
 * names: no absolute paths (``/x``, ``C:\\x``), no ``..`` component, no NUL;
 * members: regular files and folders only (no symlinks, hard links, devices, sparse files),
-  no encrypted zip entries, no duplicate names;
+  no encrypted zip entries, no duplicate names, no file whose name is empty once
+  normalised (``./`` as a regular file: there is nothing to call it, and its data would
+  be inflated without counting as a member);
+* zip compression: stored or deflate only. zipfile inflates bzip2 and LZMA members a whole
+  compressed chunk at a time with no cap on the output (bzip2 expands about a million to
+  one), so neither is ever handed to it;
 * caps: file count, each member's size, total unpacked size and the unpacked/packed ratio
   (a zip bomb declares sizes its compressed data cannot honestly hold).
 
@@ -21,10 +26,17 @@ The work of answering an upload is bounded by the limits, never by the archive:
   split by hand, so no regular expression sees a hostile digit run (CPython's own pax regex
   is quadratic before 3.11.10 / 3.12.6, CVE-2024-6232);
 * decompressed bytes are counted as zlib hands them out, against the unpacked cap and the
-  ratio, so a gzip bomb stops there whatever its headers declare; zip members are read a
-  piece at a time and stop at their declared size;
+  ratio to the compressed bytes zlib has taken so far (not the upload's length, which
+  trailing junk could pad), so a gzip bomb stops there whatever its headers declare; bytes
+  after the last gzip member must be zero padding;
+* zip members are read a piece at a time: zipfile inflates deflate with an output cap of
+  the piece asked for and stops at the declared size, so a member that lies about its size
+  costs at most its declared size and one piece;
 * a zip's central directory is walked cheaply before ``zipfile`` parses it, so ``zipfile``
-  only ever builds objects for a capped number of entries with small fields.
+  only ever builds objects for a capped number of entries with small fields;
+* any other failure while parsing (``zipfile`` raising IndexError on an empty name, say)
+  is a corrupt archive, a 400 naming ``dataset``, never a 500. MemoryError alone passes
+  through, so that an allocation failure stays one.
 
 Declared sizes are still checked before anything is decompressed, so an archive that
 admits to being too big is refused without inflating any of it.
@@ -49,6 +61,7 @@ JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _PIECE = 256 * 1024  # decompressed bytes taken from zlib at a time
 _INPUT = 16 * 1024  # compressed bytes fed at a time; small, since zlib copies leftovers
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 
 
 @dataclass(frozen=True)
@@ -140,10 +153,15 @@ class _Budget:
                 "a dataset needs a few per file"
             )
 
-    def unpacked(self, size: int) -> None:
-        """Decompressed bytes as they come out, whatever the headers declared."""
+    def unpacked(self, size: int, packed: int | None = None) -> None:
+        """Decompressed bytes as they come out, whatever the headers declared.
+
+        ``packed`` is the compressed bytes that produced them so far; the ratio is taken
+        against it, so bytes that zlib never reads (trailing junk after the gzip stream)
+        cannot raise the allowance. Without it, the upload's length is the measure.
+        """
         self.unpacked_bytes += size
-        self._check_total(self.unpacked_bytes)
+        self._check_total(self.unpacked_bytes, self.packed if packed is None else packed)
 
     def add(self, name: str, size: int, packed_size: int | None) -> None:
         lim = self.limits
@@ -168,18 +186,19 @@ class _Budget:
                 f"member {name!r} compresses {size / max(packed_size, 1):.0f}:1, above the "
                 f"{lim.max_ratio:.0f}:1 limit (a decompression bomb?)"
             )
-        self._check_total(self.total)
+        self._check_total(self.total, self.packed)
 
-    def _check_total(self, total: int) -> None:
+    def _check_total(self, total: int, packed: int) -> None:
         lim = self.limits
         if total > lim.max_total_bytes:
             raise _too_large(
                 f"unpacks to more than {lim.max_total_bytes} bytes; upload a smaller dataset"
             )
-        if total > MIB and total / self.packed > lim.max_ratio:
+        ratio = total / max(packed, 1)
+        if total > MIB and ratio > lim.max_ratio:
             raise _too_large(
-                f"the archive unpacks to {total / self.packed:.0f} times its size, above "
-                f"the {lim.max_ratio:.0f}:1 limit (a decompression bomb?)"
+                f"the archive unpacks to {ratio:.0f} times the compressed bytes it came from, "
+                f"above the {lim.max_ratio:.0f}:1 limit (a decompression bomb?)"
             )
 
 
@@ -217,11 +236,14 @@ class _TarStream:
 
     Every piece zlib hands out goes through ``budget.unpacked`` before it is used, so the
     stream stops at the unpacked cap or the ratio; besides what a caller asks for, at most
-    one piece (256 KiB) is held. Several gzip members in a row are one stream (RFC 1952),
-    and each counts as an entry, since each costs a decompressor.
+    one piece (256 KiB) is held. The ratio is measured against the compressed bytes zlib has
+    taken, so it holds at every point of the stream, not just over the whole upload. Several
+    gzip members in a row are one stream (RFC 1952), and each counts as an entry, since each
+    costs a decompressor; after the last, only zero bytes (padding) may follow.
     """
 
     def __init__(self, data: bytes, gz: bool, budget: _Budget) -> None:
+        self._bytes = data
         self._data = memoryview(data)
         self._budget = budget
         self._zlib = zlib.decompressobj(_GZIP_WBITS) if gz else None
@@ -251,6 +273,19 @@ class _TarStream:
         while size > 0:
             size -= len(self._take(size))
 
+    def finish(self) -> None:
+        """Passes over whatever follows the end-of-archive marker, to the end of the upload.
+
+        For a .tar.gz that inflates the rest of the gzip stream (tar pads it with zero
+        blocks), counted like the rest, so that what lies after the last gzip member is
+        seen and refused unless it is zero padding.
+        """
+        if self._zlib is None:
+            return
+        self._piece = memoryview(b"")
+        while self._refill():
+            self._piece = memoryview(b"")
+
     def _take(self, most: int) -> memoryview:
         if not self._piece and not self._refill():
             raise ValueError("the archive ends in the middle of a member")
@@ -259,8 +294,12 @@ class _TarStream:
         return part
 
     def _refill(self) -> bool:
-        piece = self._inflate() if self._zlib else self._plain()
-        self._budget.unpacked(len(piece))
+        if self._zlib is None:
+            piece = self._plain()
+            self._budget.unpacked(len(piece))
+        else:
+            piece = self._inflate()
+            self._budget.unpacked(len(piece), self._fed - len(self._zlib.unconsumed_tail))
         self._piece = memoryview(piece)
         return bool(piece)
 
@@ -296,10 +335,22 @@ class _TarStream:
         if len(head) < 2:
             head = (head + bytes(self._data[self._fed : self._fed + 2]))[:2]
         if head != _GZIP_MAGIC:
-            return False  # the end, or trailing bytes a tar reader never needs
+            self._check_trailing()
+            return False  # the end of the stream
         self._budget.entry()
         self._zlib = zlib.decompressobj(_GZIP_WBITS)
         return True
+
+    def _check_trailing(self) -> None:
+        """ValueError unless all that follows the last gzip member is zero bytes.
+
+        gzip(1) and Python's gzip module accept zero padding there and nothing else; junk
+        is refused rather than ignored (it is no part of the dataset, and counted no way).
+        """
+        rest = len(self._carry) + len(self._data) - self._fed
+        zeros = self._carry.count(0) + self._bytes.count(0, self._fed)
+        if zeros != rest:
+            raise ValueError(f"{rest} bytes that are not gzip data follow the gzip stream")
 
 
 @dataclass(frozen=True)
@@ -529,7 +580,15 @@ def _walk_central(data: bytes, budget: _Budget) -> tuple[int, int]:
 
 def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
     """The member's bytes, inflated a piece at a time and counted; more than it declared is
-    damage (None), not a reason to keep inflating. So is a bad CRC or a broken stream."""
+    damage (None), not a reason to keep inflating. So is a bad CRC or a broken stream.
+
+    Only stored and deflate members are opened (the listing refuses the rest; this is the
+    second guard): zipfile's ``_read1`` gives zlib an output cap of the size asked for and
+    cuts the output at the declared size, but bzip2 and LZMA get no cap at all. Any failure
+    but MemoryError is damage to this member alone.
+    """
+    if info.compress_type not in _ZIP_METHODS or info.flag_bits & 0x1:
+        return None
     parts, got = [], 0
     try:
         with archive.open(info) as handle:
@@ -538,9 +597,31 @@ def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes |
                 if got > info.file_size:
                     return None
                 parts.append(part)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, ValueError):
+    except MemoryError:
+        raise
+    except Exception:
         return None
     return b"".join(parts) if got == info.file_size else None
+
+
+def _nameless(raw: str) -> InputError:
+    """A regular file whose name is empty once normalised (``''``, ``.``, ``./``).
+
+    Refused, not skipped: a skipped tar member's data is still inflated to pass over it,
+    uncounted as a member, so a nameless 2**80-byte entry would inflate to the caps.
+    """
+    return _refuse(f"member {raw!r} is a file with no name; remove it")
+
+
+def _check_method(info: zipfile.ZipInfo) -> None:
+    """Refuses a zip entry compressed other than stored or deflate (see the module notes)."""
+    if info.compress_type not in _ZIP_METHODS:
+        method = zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
+        raise _refuse(
+            f"member {info.filename!r} is compressed with {method}; only "
+            f"{' and '.join(_ZIP_METHODS.values())} zip members are accepted — "
+            "re-create the zip with ordinary (deflate) compression"
+        )
 
 
 class SafeArchive:
@@ -554,18 +635,11 @@ class SafeArchive:
         self.format = sniff_format(data)
         try:
             self.members = self._list_zip() if self.format == "zip" else self._list_tar()
-        except InputError:
+        except (InputError, MemoryError):
             raise
-        except (
-            zipfile.BadZipFile,
-            zlib.error,
-            struct.error,
-            EOFError,
-            OSError,
-            ValueError,
-            NotImplementedError,
-        ) as exc:
-            raise _refuse(f"the {self.format} archive is corrupt or truncated ({exc})") from None
+        except Exception as exc:  # zipfile and zlib raise many types on hostile bytes
+            detail = str(exc) or type(exc).__name__
+            raise _refuse(f"the {self.format} archive is corrupt or truncated ({detail})") from None
 
     def _list_zip(self) -> list[Member]:
         budget = _Budget(self.limits, len(self.data))
@@ -579,10 +653,13 @@ class SafeArchive:
                 name = safe_name(info.filename)
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise _refuse(f"member {info.filename!r} is a symbolic link; links are refused")
-                if info.is_dir() or not name:
-                    continue
                 if info.flag_bits & 0x1:
                     raise _refuse(f"member {info.filename!r} is encrypted; upload it unencrypted")
+                _check_method(info)
+                if info.filename.endswith("/"):  # not is_dir(): that fails on an empty name
+                    continue
+                if not name:
+                    raise _nameless(info.filename)
                 budget.add(name, info.file_size, info.compress_size)
                 members.append(Member(name, info.file_size))
         return members
@@ -593,16 +670,20 @@ class SafeArchive:
     def _list_tar(self) -> list[Member]:
         budget = _Budget(self.limits, len(self.data))
         members = []
-        for entry in _tar_entries(self._tar_stream(budget), budget):
+        stream = self._tar_stream(budget)
+        for entry in _tar_entries(stream, budget):
             name = safe_name(entry.name)
             if entry.kind == "link":
                 raise _refuse(f"member {entry.name!r} is a link; links are refused")
-            if entry.kind == "dir" or not name:
+            if entry.kind == "dir":
                 continue
             if entry.kind != "file":
                 raise _refuse(f"member {entry.name!r} is not a regular file; remove it")
+            if not name:
+                raise _nameless(entry.name)
             budget.add(name, entry.size, None)
             members.append(Member(name, entry.size))
+        stream.finish()
         return members
 
     def read(self, wanted: set[str]) -> Iterator[tuple[str, bytes | None]]:
@@ -621,7 +702,7 @@ class SafeArchive:
         with zipfile.ZipFile(io.BytesIO(self.data)) as archive:
             for info in archive.infolist():
                 name = safe_name(info.filename)
-                if name in wanted and not info.is_dir():
+                if name in wanted and not info.filename.endswith("/"):
                     yield name, _read_zip_member(archive, info)
 
     def _read_tar(self, wanted: set[str]) -> Iterator[tuple[str, bytes | None]]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -19,9 +19,34 @@ def _prepare_sqlite(url: str) -> dict:
     return {"timeout": 30, "check_same_thread": False}
 
 
-@lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}
+_sessionmakers: dict[str, sessionmaker[Session]] = {}
+_lock = threading.Lock()
+
+
 def get_engine(url: str) -> Engine:
-    """One engine per URL per process; SQLite gets WAL so readers never block the worker."""
+    """One engine per URL per process, kept until :func:`forget_engine`.
+
+    Not an LRU cache: an engine pushed out of one would be garbage-collected with its
+    pooled connections still open.
+    """
+    with _lock:
+        if url not in _engines:
+            _engines[url] = _make_engine(url)
+        return _engines[url]
+
+
+def forget_engine(url: str) -> None:
+    """Close ``url``'s pooled connections and drop its engine (before dropping a database)."""
+    with _lock:
+        engine = _engines.pop(url, None)
+        _sessionmakers.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    """SQLite gets WAL so readers never block the worker."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args=_prepare_sqlite(url))
 
@@ -37,9 +62,12 @@ def get_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-@lru_cache(maxsize=8)
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    engine = get_engine(url)
+    with _lock:
+        if url not in _sessionmakers:
+            _sessionmakers[url] = sessionmaker(bind=engine, expire_on_commit=False)
+        return _sessionmakers[url]
 
 
 @contextmanager

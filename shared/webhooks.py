@@ -56,6 +56,9 @@ Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+# IETF protocol assignments: Python 3.11 calls most of this block global, but it holds
+# cloud metadata addresses (192.0.0.192) and other special-purpose hosts.
+IETF_PROTOCOL = ipaddress.IPv4Network("192.0.0.0/24")
 
 
 # --- targets -----------------------------------------------------------------------------
@@ -84,6 +87,8 @@ def refusal(address: IPAddress) -> str | None:
         return "a multicast address"
     if address.is_link_local:
         return "a link-local address"
+    if isinstance(address, ipaddress.IPv4Address) and address in IETF_PROTOCOL:
+        return "a special-purpose address (192.0.0.0/24)"
     if isinstance(address, ipaddress.IPv6Address):
         reason = _ipv6_refusal(address)
         if reason:

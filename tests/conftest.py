@@ -94,9 +94,9 @@ def _create_pg_database() -> tuple[str, str]:
 def _drop_pg_database(name: str, url: str) -> None:
     import psycopg
 
-    from shared.db import get_engine
+    from shared.db import forget_engine
 
-    get_engine(url).dispose()  # close pooled connections before the database goes
+    forget_engine(url)  # close pooled connections before the database goes
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -106,7 +106,11 @@ def fresh_db_url(request, tmp_path) -> Iterator[str]:
     """A new, empty database: SQLite by default, PostgreSQL when parametrized with 'postgresql'."""
     backend = getattr(request, "param", "sqlite")
     if backend == "sqlite":
-        yield f"sqlite:///{tmp_path}/atelier.db"
+        url = f"sqlite:///{tmp_path}/atelier.db"
+        yield url
+        from shared.db import forget_engine
+
+        forget_engine(url)  # its pooled connections and file handles go with the test
         return
     if not pg_available():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")

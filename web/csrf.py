@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from markupsafe import Markup, escape
@@ -52,11 +53,30 @@ def _matches(sent: str) -> bool:
     return bool(_TOKEN.match(cookie)) and secrets.compare_digest(cookie, sent)
 
 
+def cross_origin() -> bool:
+    """Whether the browser says this request comes from another site or origin.
+
+    The token alone can be beaten by a page that can *set* our cookie (a sibling
+    subdomain, plain http on the path, another port of localhost): it plants a cookie
+    and sends the same value. Such a page is another origin, and every current browser
+    says so in ``Sec-Fetch-Site`` and, on a POST, in ``Origin``.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
+
+
 def check() -> None:
-    """Refuse an unsafe request whose form (or header) token does not match the cookie."""
+    """Refuse an unsafe request from another origin, or whose form (or header) token does
+    not match the cookie."""
     if request.method not in UNSAFE_METHODS:
         return
-    if not _matches(request.form.get(FIELD) or request.headers.get(HEADER, "")):
+    token = request.form.get(FIELD) or request.headers.get(HEADER, "")
+    if cross_origin() or not _matches(token):
         raise InputError(
             "the form's security token is missing or stale (cookies blocked, or the page was "
             "open too long); reload the page and submit again",
@@ -77,7 +97,7 @@ def check_api() -> None:
         return
     via = g.get("auth_via")
     if via == "session" or (via == "off" and _sent_by_a_browser()):
-        if not _matches(request.headers.get(HEADER, "")):
+        if cross_origin() or not _matches(request.headers.get(HEADER, "")):
             raise InputError(
                 f"{HEADER}: a browser's API call needs the page's CSRF token in the {HEADER} "
                 "header; scripts send Authorization: Bearer <token> instead",

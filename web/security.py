@@ -13,6 +13,7 @@ Two browser-side attacks need no bug in a view to work, so they are stopped here
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
@@ -55,12 +56,16 @@ def trusted_hosts(settings: Settings) -> frozenset[str] | None:
     return None
 
 
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]]+))(?::\d{1,5})?")
+
+
 def host_name(host_header: str) -> str:
-    """``Host`` without its port, lower case; IPv6 literals without brackets."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    """``Host`` without its port, lower case, IPv6 literals without brackets; "" for a
+    value that is not ``name[:port]`` or ``[v6][:port]`` (never trusted)."""
+    match = _HOST.fullmatch(host_header.strip().lower())
+    if match is None:
+        return ""
+    return match.group("v6") or match.group("name")
 
 
 def check_host(allowed: frozenset[str] | None) -> None:

@@ -47,8 +47,10 @@ def find_idempotent(owner: str, key: str | None) -> Job | None:
     """
     if key is None:
         return None
-    if not key or len(key) > MAX_KEY:
-        raise InputError(f"Idempotency-Key must be 1-{MAX_KEY} characters", field="Idempotency-Key")
+    if not key or len(key) > MAX_KEY or not key.isprintable():
+        raise InputError(
+            f"Idempotency-Key must be 1-{MAX_KEY} printable characters", field="Idempotency-Key"
+        )
     session = db.session()
     cutoff = utcnow() - IDEMPOTENCY_WINDOW
     session.execute(

@@ -4,19 +4,25 @@ decoder checks the header's shape before it decodes a pixel.
 The sizes asked for here would need terabytes: a refusal (not a MemoryError, not a
 long wait) shows the check ran before the allocation. Bodies are garbage where it
 matters, so a refusal that names the shape shows the header decided, not a decode.
+
+A corrupt header is one unreadable image, whatever Pillow raises on it: the decoder says
+ValueError, so fine-tune and predict list the image and carry on with the others.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from shared.settings import Settings
 from tests.finetune_data import CLASSES, shape_files
-from tests.image_shapes import EXTREME_SHAPES, png_with_broken_body
+from tests.image_shapes import CORRUPT_HEADERS, EXTREME_SHAPES, png_with_broken_body, tiled_tiff
 from worker.engines import datasets as ds
 from worker.engines import imaging, style_transfer
 from worker.engines.errors import InvalidInput
+from worker.engines.finetune import FineTunedModel
+from worker.finetune_runner import predict_chunk
 
 from .conftest import make_style
 
@@ -83,6 +89,44 @@ def test_extreme_and_oversized_members_are_skipped_and_listed_like_unreadable_on
     assert "500000 pixel limit" in reasons["discs/huge.png"]
     kept = decoded.train.names + decoded.val.names
     assert sorted(kept) == sorted(files)
+
+
+def test_the_decoder_refuses_a_tiff_tile_far_larger_than_the_image():
+    """libtiff allocates a whole declared tile: a 64x64 TIFF with one 26752x26752 tile cost
+    2 GiB here. The header's tile size is checked with its shape; ordinary tiles decode."""
+    with pytest.raises(ValueError, match="declares 4096x4096 tiles"):
+        ds.decode(tiled_tiff(64, 64, 4096, b"not deflate data"), 224)
+    assert ds.decode(tiled_tiff(64, 64, 256), 224).shape == (3, 256, 256)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPT_HEADERS))
+def test_a_corrupt_header_is_a_value_error_whatever_pillow_raised(name):
+    """struct.error (EXIF) and TypeError (TIFF tags) used to escape decode's ValueError."""
+    with pytest.raises(ValueError, match="corrupt"):
+        ds.decode(CORRUPT_HEADERS[name](), 32)
+
+
+def test_corrupt_headers_are_listed_as_unreadable_by_fine_tune_and_predict():
+    """One such image failed a whole fine-tune or predict job ``internal``; now it is named
+    among the unreadable ones and the others are still decoded and labelled."""
+    files = shape_files(16)
+    items = [ds.LabeledImage(n, CLASSES.index(n.split("/")[0]), d) for n, d in files.items()]
+    bad = {f"discs/{name}": make() for name, make in CORRUPT_HEADERS.items()}
+    items += [ds.LabeledImage(n, 0, d) for n, d in bad.items()]
+    decoded = ds.decode_all(ds.ImageDataset(list(CLASSES), items), image_size=32, val_split=0.25,
+                            seed=0)  # fmt: skip
+    assert {u["name"] for u in decoded.unreadable} == set(bad)
+    assert sorted(decoded.train.names + decoded.val.names) == sorted(files)
+
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(3, len(CLASSES)))  # fmt: skip
+    model = FineTunedModel(head, list(CLASSES), 32, "cpu", "fp32", {})
+    chunk = [("good.png", files["discs/000.png"]), *bad.items()]
+    rows = predict_chunk(model, chunk, 2, ds.DEFAULT_LIMITS)
+    assert [row["name"] for row in rows] == [name for name, _ in chunk]
+    assert len(rows[0]["top"]) == 2 and "error" not in rows[0]
+    assert all(row["top"] == [] and "corrupt" in row["error"] for row in rows[1:])
 
 
 def test_a_style_is_lengthened_for_vgg_but_never_without_bound():

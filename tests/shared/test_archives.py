@@ -287,3 +287,58 @@ def test_zip_end_records_are_found_as_zipfile_finds_them():
         archive.comment = b"a comment, so the end record is not the last 22 bytes"
     for data in (buffer.getvalue(), _with_zip64_end(make_zip(files))):
         assert dict(SafeArchive(data).read(set(files))) == files
+
+
+@pytest.mark.parametrize(
+    ("method", "label"), [(zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "lzma")]
+)
+def test_zip_members_compressed_other_than_stored_or_deflate_are_refused(method, label):
+    """zipfile inflates bzip2 and LZMA with no cap on the output (see the hostile tests);
+    the listing refuses them, naming the method and the ones accepted."""
+    member = zipfile.ZipInfo("ants/2.png")
+    member.compress_type = method
+    error = _refused(_zip_with([("ants/1.png", PNG), (member, PNG)]))
+    assert error.status == 400 and f"'ants/2.png' is compressed with {label}" in error.message
+    assert "only stored and deflate zip members are accepted" in error.message
+
+
+def _zip_entry_renamed(name_length: int) -> bytes:
+    """A good zip whose last central-directory entry keeps only ``name_length`` bytes of
+    its name (the rest becomes extra-field bytes, so every offset stays right)."""
+    data = bytearray(_zip_with([("ants/1.png", PNG), ("x", b"")]))
+    at = data.rindex(b"PK\x01\x02")
+    old, extra = struct.unpack_from("<2H", data, at + 28)
+    struct.pack_into("<2H", data, at + 28, name_length, extra + old - name_length)
+    return bytes(data)
+
+
+def test_nameless_members_are_refused_not_a_crash():
+    """A zip entry with an empty name made ZipInfo.is_dir() raise IndexError: a 500 at
+    submit. A file whose name normalises to nothing is refused in both formats, since a
+    tar reader would inflate its data uncounted to pass over it."""
+    error = _refused(_zip_entry_renamed(0))
+    assert error.status == 400 and "member '' is a file with no name" in error.message
+    for name in ("./", ".", "./."):  # tarfile writes each as a regular file ('0')
+        error = _refused(_tar_with([_file("ants/1.png"), _file(name)], gz=True))
+        assert f"member {name!r} is a file with no name" in error.message
+
+
+def test_folders_named_dot_are_still_skipped():
+    """``tar -czf x.tgz .`` starts with a ``./`` folder, and zips may hold one: folders."""
+    folder = tarfile.TarInfo("./")
+    folder.type = tarfile.DIRTYPE
+    archive = SafeArchive(_tar_with([folder, _file("ants/1.png")], gz=True))
+    assert [m.name for m in archive.members] == ["ants/1.png"]
+    archive = SafeArchive(_zip_with([("./", b""), ("ants/1.png", PNG)]))
+    assert [m.name for m in archive.members] == ["ants/1.png"]
+
+
+def test_only_zero_padding_may_follow_the_gzip_stream():
+    """gzip(1) accepts zero padding after the last member; anything else is junk the ratio
+    must not be measured against, and is refused."""
+    files = shape_files(5)
+    tgz = make_tar(files, gz=True)
+    assert dict(SafeArchive(tgz + bytes(10_000)).read(set(files))) == files
+    for junk in (b"junk", bytes(100) + b"\x01"):
+        error = _refused(tgz + junk)
+        assert error.status == 400 and "not gzip data follow the gzip stream" in error.message

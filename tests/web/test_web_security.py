@@ -303,3 +303,51 @@ def test_stored_files_other_than_images_are_attachments(client, settings):
         assert image.headers["Content-Disposition"].startswith("inline")
     with client.get(f"/api/v1/jobs/{job_id}/files/metrics.json") as data:
         assert data.headers["Content-Disposition"].startswith("attachment")
+
+
+# --- found by review: planted cookies, odd Host values, header and address edges -------
+
+
+def test_a_planted_cookie_does_not_beat_the_token_from_another_origin(token_app, settings):
+    client, _token_value = _logged_in(token_app, settings)
+    planted = "A" * 43  # what a sibling subdomain or plain-http page can set
+    client.set_cookie("atelier_csrf", planted)
+    job_id = make_job(settings, status="processing", owner="ann")
+    for cross in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "same-site"}):
+        form = client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": planted}, headers=cross)
+        assert form.status_code == 400, cross
+        api = client.post(
+            f"/api/v1/jobs/{job_id}/cancel", headers={**cross, "X-CSRF-Token": planted}
+        )
+        assert api.status_code == 403, cross
+    with session_scope(settings.database_url) as session:
+        assert session.get(Job, job_id).cancel_requested_at is None
+    same_origin = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    ok = client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": planted}, headers=same_origin)
+    assert ok.status_code == 303
+
+
+@pytest.mark.parametrize("host", ["[::1]evil.example", "localhost:evil", "[::1]:80:80", "a b"])
+def test_host_values_that_are_not_a_name_and_port_are_refused(client, host):
+    assert client.get("/api/v1/jobs", headers={"Host": host}).status_code == 400
+
+
+def test_idempotency_keys_with_control_characters_are_refused(client, settings):
+    response = client.post(
+        "/api/v1/jobs",
+        data=_style_form(),
+        content_type="multipart/form-data",
+        headers={"Idempotency-Key": "key\x01"},
+    )
+    assert response.status_code == 400
+    assert response.json["error"]["field"] == "Idempotency-Key"
+    assert _jobs(settings) == 0
+
+
+@pytest.mark.parametrize("address", ["192.0.0.192", "192.0.0.1", "192.0.0.255"])
+def test_special_purpose_webhook_addresses_are_refused(address):
+    from ipaddress import ip_address
+
+    from shared.webhooks import refusal
+
+    assert refusal(ip_address(address))

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from shared.images import ACCEPTED_FORMATS, failure_detail, tiff_tile_problem
+
 from .errors import InvalidInput
 from .imaging import DEFAULT_LIMITS, ImageLimits, check_shape, cover_short_side, resize, to_rgb
 
@@ -65,27 +67,39 @@ def resize_size(image_size: int) -> int:
 def decode(data: bytes, image_size: int, limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
     """Bytes → uint8 (3, H, W) with short side ``resize_size``; raises ValueError if unusable.
 
-    The header's size is checked (pixels, aspect ratio, and the resized size against
-    ``limits.max_pixels``) before a pixel is decoded, so no upload can make this allocate
-    more than the limits allow.
+    The header's size is checked (pixels, aspect ratio, the resized size against
+    ``limits.max_pixels``, and a TIFF's tile size) before a pixel is decoded, so no upload
+    can make this allocate more than the limits allow.
+
+    ValueError is the only failure for a bad file, whatever Pillow raised (a mangled EXIF
+    block raises ``struct.error``, a TIFF tag of the wrong type ``TypeError``): callers list
+    such an image as unreadable and carry on, rather than failing the whole job. MemoryError
+    alone passes through, so that a failed allocation ends the job ``out_of_memory``.
     """
     target = resize_size(image_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            # the formats a single upload may have: no exotic decoder sees archive members
+            with Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS)) as image:
                 check_shape(image.width, image.height, "the image", limits)
                 cover_short_side(image.width, image.height, target, limits.max_pixels)
+                if problem := tiff_tile_problem(image):
+                    raise InvalidInput(problem, "image")
                 image.draft("RGB", (target, target))  # JPEG: decode at a reduced scale
                 image = to_rgb(ImageOps.exif_transpose(image))
                 size = cover_short_side(image.width, image.height, target, limits.max_pixels)
                 image = resize(image, size, max_pixels=limits.max_pixels, reducing_gap=2.0)
                 array = np.asarray(image, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:  # fmt: skip
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # fmt: skip
         raise ValueError(str(exc) or type(exc).__name__) from None
     except InvalidInput as exc:
         raise ValueError(exc.message) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # corrupt headers make Pillow raise struct.error, TypeError…
+        raise ValueError(f"the image is corrupt ({failure_detail(exc)})") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
