@@ -478,7 +478,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "tokens from `atelier token create OWNER`; with "
-                    "ATELIER_AUTH=off every request is the owner `local`",
+                    "ATELIER_AUTH=off every request is the owner `local`. A browser's unsafe "
+                    "call authenticated by the login cookie (or, with auth off, carrying "
+                    "Origin or Sec-Fetch-Site) also needs the page's CSRF token in the "
+                    "X-CSRF-Token header; other origins are refused (403)",
                 }
             },
             "schemas": {
