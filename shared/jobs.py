@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,10 +28,8 @@ from sqlalchemy.orm import Session
 
 from shared.models import Job, JobFile
 from shared.states import QUEUED, Fence, fenced_update
-from shared.storage import job_key
+from shared.storage import JOB_ID, job_key
 from shared.timeutil import utcnow
-
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def new_job_id() -> str:
@@ -67,7 +64,7 @@ def add_job(
 
 def is_job_id(value: str) -> bool:
     """Whether ``value`` has the shape of the ids :func:`new_job_id` makes (32 hex digits)."""
-    return bool(_JOB_ID.fullmatch(value))
+    return bool(JOB_ID.fullmatch(value))
 
 
 def get_job(session: Session, job_id: str, owner: str | None) -> Job | None:

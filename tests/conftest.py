@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -301,3 +302,24 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
 
 
 sys.path.insert(0, str(ROOT))
+
+
+@contextmanager
+def writes_blocked(database_url: str) -> Iterator[None]:
+    """Hold the database so no job row can be inserted or deleted until the block ends.
+
+    SQLite: the one write lock; PostgreSQL: a SHARE lock on ``jobs`` (reads still pass).
+    """
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.split("sqlite:///", 1)[1], isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg
+
+        conn = psycopg.connect(database_url)
+        conn.execute("LOCK TABLE jobs IN SHARE MODE")
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()

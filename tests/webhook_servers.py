@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ANSWER = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
@@ -190,3 +191,37 @@ def make_certificates(directory: Path, name: str) -> tuple[Path, ssl.SSLContext]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(chain_path, key_path)
     return ca_path, context
+
+
+class Receiver:
+    """Records deliveries; answers 500 to the first ``fail_first`` completed events."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.deliveries: list[dict] = []
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                record = {"headers": dict(self.headers), "body": body}
+                receiver.deliveries.append(record)
+                failing = self.headers["Atelier-Event"] == "completed" and receiver.fail_first > 0
+                if failing:
+                    receiver.fail_first -= 1
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [d["headers"]["Atelier-Event"] for d in self.deliveries]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

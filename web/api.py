@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import asdict
 
 from flask import Blueprint, abort, jsonify, redirect, request, send_file
 
@@ -69,10 +70,7 @@ def list_jobs_view():
     rows, next_cursor = list_jobs(
         session,
         owner=owner_filter(),
-        status=query.status,
-        kind=query.kind,
-        limit=query.limit,
-        cursor=query.cursor,
+        **asdict(query),  # status, kind, limit, cursor: list_jobs' own parameter names
     )
     return jsonify({"results": [job_to_dict(session, j) for j in rows], "next": next_cursor})
 

@@ -7,6 +7,7 @@ are CSRF-protected (web.csrf); the JSON API is not, it takes tokens.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
@@ -188,10 +189,7 @@ def gallery():
     rows, next_cursor = list_jobs(
         session,
         owner=owner_filter(),
-        status=query.status,
-        kind=query.kind,
-        limit=query.limit,
-        cursor=query.cursor,
+        **asdict(query),  # status, kind, limit, cursor: list_jobs' own parameter names
     )
     return render_template(
         "gallery.html",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from shared.errors import InputError
-from shared.jobs import decode_cursor
+from shared.jobs import decode_cursor, is_job_id
 from shared.states import STATUSES
 from web.kinds import HANDLERS
 
@@ -27,7 +27,6 @@ MAX_CURSOR_LENGTH = 200  # a real cursor is 96 characters (microseconds, 32-hex 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DIGITS = re.compile(r"[0-9]{1,6}")
 _CURSOR = re.compile(r"[A-Za-z0-9_=-]+")
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
 BAD_CURSOR = (
     "cursor is not valid: pass the `next` value of a previous page unchanged, "
     "or leave cursor out to start from the first page"
@@ -99,7 +98,7 @@ def cursor(args: Mapping[str, str]) -> str | None:
         created.astimezone(UTC)
     except (ValueError, TypeError, OverflowError):
         raise InputError(BAD_CURSOR, field="cursor") from None
-    if not _JOB_ID.fullmatch(job_id):
+    if not is_job_id(job_id):
         raise InputError(BAD_CURSOR, field="cursor")
     return value
 

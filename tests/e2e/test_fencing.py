@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,41 +23,13 @@ from shared import migrate
 from shared.db import get_engine, session_scope
 from shared.models import Job
 from tests.conftest import WorkerProcess, make_settings, style_form, tiny_png, wait_for
+from tests.webhook_servers import Receiver
 from web import create_app
 from web.queue import make_client
 from worker.dispatcher import run_forever
 
 pytestmark = pytest.mark.slow
 HEARTBEAT_TIMEOUT = 3
-
-
-class CompletedCounter:
-    """A webhook receiver (the edge of the world) that records each delivery's event."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        events = self.events
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                self.rfile.read(int(self.headers["Content-Length"]))
-                events.append(self.headers["Atelier-Event"])
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def completed(self) -> int:
-        return self.events.count("completed")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -86,7 +57,7 @@ def dispatcher(fence_settings):
 
 @pytest.fixture
 def receiver():
-    counter = CompletedCounter()
+    counter = Receiver()
     yield counter
     counter.close()
 
@@ -175,7 +146,7 @@ def test_a_thawed_worker_cannot_overwrite_the_attempt_that_replaced_it(
 
         wait_for(lambda: _job(settings, job_id).status == "succeeded", timeout=180)
         wait_for(lambda: _active_tasks(first, settings) == [], timeout=60)  # dropped its run
-        wait_for(lambda: receiver.completed() >= 1, timeout=60)
+        wait_for(lambda: receiver.events().count("completed") >= 1, timeout=60)
         wait_for(lambda: _attempt_folders(settings, job_id) == ["attempt-2"], timeout=30)
 
         job = _job(settings, job_id)
@@ -183,7 +154,7 @@ def test_a_thawed_worker_cannot_overwrite_the_attempt_that_replaced_it(
         outputs = {f.name: f.attempt for f in job.files if f.role not in ("content", "style")}
         assert set(outputs) >= {"result.png", "metrics.json", "preview.jpg", "thumbnail.jpg"}
         assert set(outputs.values()) == {2}
-        assert receiver.completed() == 1
+        assert receiver.events().count("completed") == 1
         assert "was taken over" in first.log_path.read_text()
 
         second.stop()

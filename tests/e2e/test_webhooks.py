@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -13,43 +11,10 @@ from shared import migrate
 from shared.secrets import persistent_secret
 from shared.webhooks import verify
 from tests.conftest import WorkerProcess, make_settings, style_form, wait_for
+from tests.webhook_servers import Receiver
 from web import create_app
 
 pytestmark = pytest.mark.slow
-
-
-class Receiver:
-    """Records deliveries; answers 500 to the first ``fail_first`` completed events."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.deliveries: list[dict] = []
-        self.fail_first = fail_first
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                record = {"headers": dict(self.headers), "body": body}
-                receiver.deliveries.append(record)
-                failing = self.headers["Atelier-Event"] == "completed" and receiver.fail_first > 0
-                if failing:
-                    receiver.fail_first -= 1
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, *_args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self) -> list[str]:
-        return [d["headers"]["Atelier-Event"] for d in self.deliveries]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -7,13 +7,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import event, func, select
@@ -23,7 +20,7 @@ from shared.housekeeping import sweep_orphan_files
 from shared.jobs import StoredFile, add_job, new_job_id
 from shared.models import Job
 from shared.storage import LocalStorage, job_key, open_storage
-from tests.conftest import ROOT, settings_env, wait_for
+from tests.conftest import ROOT, settings_env, wait_for, writes_blocked
 from tests.shared.test_storage_s3 import _new_bucket, s3_endpoint  # noqa: F401
 from worker.dispatcher import run_forever, sweep_orphans
 
@@ -66,25 +63,6 @@ def _prefixes(settings) -> set[str]:
     return {job_id for page in _storage(settings).job_prefixes() for job_id, _ in page}
 
 
-@contextmanager
-def _writes_blocked(database_url: str) -> Iterator[None]:
-    """No job row can be inserted until the block ends (SQLite: its write lock;
-    PostgreSQL: a SHARE lock on ``jobs``); reads still pass."""
-    if database_url.startswith("sqlite"):
-        conn = sqlite3.connect(database_url.split("sqlite:///", 1)[1], isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-    else:
-        import psycopg
-
-        conn = psycopg.connect(database_url)
-        conn.execute("LOCK TABLE jobs IN SHARE MODE")
-    try:
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
-
-
 CHILD = """
 from shared.settings import load_settings
 from tests.conftest import style_form
@@ -102,7 +80,7 @@ def _submit_killed_before_commit(settings) -> str:
     Meanwhile the child waits for the database (on SQLite up to its 30 s busy timeout)."""
     before = _prefixes(settings)
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
-    with _writes_blocked(settings.database_url):
+    with writes_blocked(settings.database_url):
         child = subprocess.Popen([sys.executable, "-c", CHILD], env=env, cwd=ROOT)
         try:
             job_id = wait_for(lambda: next(iter(_prefixes(settings) - before), None), timeout=60)

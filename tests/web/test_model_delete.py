@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from shared.db import session_scope
 from shared.models import Job
 from shared.storage import job_key, open_storage
 from shared.timeutil import utcnow
-from tests.conftest import tiny_png, wait_for
+from tests.conftest import tiny_png, wait_for, writes_blocked
 from tests.web.helpers import make_job
 from worker.dispatcher import delete_expired
 
@@ -99,27 +96,6 @@ def test_retention_keeps_a_model_until_its_predicts_end(settings):
     assert not open_storage(settings.storage_url).exists(job_key(model, "model.pt"))
 
 
-@contextmanager
-def _writes_blocked(database_url: str) -> Iterator[None]:
-    """Hold the database so no job row can be inserted or deleted until the block ends.
-
-    SQLite: the one write lock; PostgreSQL: a SHARE lock on ``jobs`` (reads still pass).
-    """
-    if database_url.startswith("sqlite"):
-        conn = sqlite3.connect(database_url.split("sqlite:///", 1)[1], isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-    else:
-        import psycopg
-
-        conn = psycopg.connect(database_url)
-        conn.execute("LOCK TABLE jobs IN SHARE MODE")
-    try:
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
-
-
 def _lock_waiters(database_url: str) -> int:
     """PostgreSQL sessions of this database waiting for a lock."""
     import psycopg
@@ -171,7 +147,7 @@ def test_a_predict_and_the_delete_of_its_model_never_both_succeed(app, settings,
     def start_delete() -> None:
         started["delete"] = _in_thread(lambda: app.test_client().delete(f"/api/v1/jobs/{model}"))
 
-    with _writes_blocked(settings.database_url):
+    with writes_blocked(settings.database_url):
         steps = [start_predict, start_delete]
         for waiting, step in enumerate(steps if first == "predict" else steps[::-1], start=1):
             step()
