@@ -102,7 +102,7 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
     except Drained:
         return _hand_back(settings, storage, fence)
     _discard_earlier_attempts(storage, fence)
-    webhooks.notify(settings, job_id, "completed", retry=webhooks.schedule_retry)
+    webhooks.notify(settings, job_id, "completed")
     return status
 
 

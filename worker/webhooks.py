@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-from shared.queue import CPU_QUEUE, DELIVER_WEBHOOK_TASK
 from shared.settings import Settings
 from shared.webhooks import DEADLINE, FAILED, deliver, enqueue
 
@@ -23,12 +22,9 @@ TASK_SOFT_TIME_LIMIT = int(DEADLINE) * 3
 TASK_TIME_LIMIT = TASK_SOFT_TIME_LIMIT + 15
 
 
-def notify(settings: Settings, job_id: str, event: str, retry: object = None) -> None:
-    """Queue ``event``'s delivery on the cpu queue if the job asked for it.
-
-    ``retry`` is accepted for callers written when the first try ran here; retries are
-    now the delivery task's own, so it is not used.
-    """
+def notify(settings: Settings, job_id: str, event: str) -> None:
+    """Queue ``event``'s delivery on the cpu queue if the job asked for it; retries are
+    the delivery task's own."""
     enqueue(settings, _WorkerApp(), job_id, event)
 
 
@@ -63,21 +59,3 @@ def attempt(
     """One try of a queued delivery; returns the delay before the next, or None."""
     outcome = deliver(settings, url, body, event, delivery)
     return retry_delay(event, outcome, tries_before + 1, delivery)
-
-
-def schedule_retry(url: str, body: bytes, delivery: str, attempt: int) -> None:
-    """Queue the next try of a ``completed`` delivery tried ``attempt`` times, after the
-    backoff. The delivery task retries itself; this is for code that hands a failed try
-    over (and what older callers pass as notify's ``retry``)."""
-    delay = retry_delay("completed", FAILED, attempt, delivery)
-    if delay is None:
-        return
-    from worker.celery_app import app
-
-    app.send_task(
-        DELIVER_WEBHOOK_TASK,
-        args=[url, body.decode(), "completed", delivery, attempt],
-        queue=CPU_QUEUE,
-        countdown=delay,
-        retry=False,
-    )
