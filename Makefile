@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fuzz lint format bench bench-service bench-gpu clean
+.PHONY: run test fuzz check-kinds lint format bench bench-service bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ FUZZ_EXAMPLES ?= 500
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATELIER_TEST_DB=both $(BIN)/python -m pytest \
 	  tests/web/test_schemathesis.py --timeout=3600 $(PYTEST_ARGS)
+
+# Every edge value /api/v1/openapi.json allows, and values just beyond, submitted to a real
+# server and run by a real worker (tests/e2e/test_openapi_heldout.py); ~10 min on 2 cores.
+check-kinds: $(STAMP)
+	$(BIN)/python -m pytest -m heldout tests/e2e/test_openapi_heldout.py --timeout=1800 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": harness.machine(),
         "label": args.label,
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        # the output path is this machine's business, not the result's
+        "config": {k: v for k, v in vars(args).items() if not isinstance(v, Path)},
         "server": f"gunicorn gthread, {WEB_WORKERS} workers x 4 threads, loopback "
         "(the command of `atelier web`)",
         "load": "wrk" if load is run_wrk else "python threads",

@@ -81,9 +81,13 @@ class Service:
         migrate.upgrade(self.env["ATELIER_DATABASE_URL"])
         self.log = open(var / "worker.log", "wb")
         self.worker = subprocess.Popen(
-            worker_command("gpu,cpu", 1, "bench"), env=self.env, cwd=ROOT,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            worker_command("gpu,cpu", 1, "bench"),
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         from werkzeug.serving import make_server
 
         from shared.settings import load_settings
@@ -131,83 +135,119 @@ def api_run(service: Service, pool: list, test: list, seed: int) -> dict:
     started = time.monotonic()
     response = requests.post(
         f"{service.base}/api/v1/jobs",
-        data={"kind": "fine_tune", "backbone": "vgg19", "strategy": "linear_probe",
-              "seed": str(seed)},
-        files={"dataset": ("dataset.zip", archive, "application/zip")}, timeout=120,
-    )  # fmt: skip
+        data={
+            "kind": "fine_tune",
+            "backbone": "vgg19",
+            "strategy": "linear_probe",
+            "seed": str(seed),
+        },
+        files={"dataset": ("dataset.zip", archive, "application/zip")},
+        timeout=120,
+    )
     response.raise_for_status()
     job = poll(service.base, response.json()["id"])
     wall = time.monotonic() - started
     if job["status"] != "succeeded":
         return {"status": job["status"], "error": job["error"], "seconds": round(wall, 1)}
-    metrics = requests.get(f"{service.base}{job['urls']['self']}/files/metrics.json",
-                           timeout=30).json()  # fmt: skip
+    metrics = requests.get(
+        f"{service.base}{job['urls']['self']}/files/metrics.json", timeout=30
+    ).json()
     files = [("image", (f"{cls}__{p.name}", p.read_bytes(), "image/jpeg")) for cls, p in test]
     started_predict = time.monotonic()
-    response = requests.post(f"{service.base}/api/v1/jobs",
-                             data={"kind": "predict", "model": job["id"], "top_k": "1"},
-                             files=files, timeout=120)  # fmt: skip
+    response = requests.post(
+        f"{service.base}/api/v1/jobs",
+        data={"kind": "predict", "model": job["id"], "top_k": "1"},
+        files=files,
+        timeout=120,
+    )
     response.raise_for_status()
     predict = poll(service.base, response.json()["id"])
     predict_wall = time.monotonic() - started_predict
-    body = requests.get(f"{service.base}{predict['urls']['self']}/files/predictions.json",
-                        timeout=30).json()  # fmt: skip
+    body = requests.get(
+        f"{service.base}{predict['urls']['self']}/files/predictions.json", timeout=30
+    ).json()
     correct = sum(p["name"].split("__")[0] == p["top"][0]["label"] for p in body["predictions"])
     return {
-        "run": "api", "backbone": "vgg19", "strategy": "linear_probe", "seed": seed,
-        "status": job["status"], "archive_bytes": len(archive), "train_pool_images": len(pool),
-        "heldout_images": len(test), "heldout_accuracy": round(correct / len(test), 4),
-        "job_val_accuracy": metrics["accuracy"], "upload_to_succeeded_seconds": round(wall, 1),
+        "run": "api",
+        "backbone": "vgg19",
+        "strategy": "linear_probe",
+        "seed": seed,
+        "status": job["status"],
+        "archive_bytes": len(archive),
+        "train_pool_images": len(pool),
+        "heldout_images": len(test),
+        "heldout_accuracy": round(correct / len(test), 4),
+        "job_val_accuracy": metrics["accuracy"],
+        "upload_to_succeeded_seconds": round(wall, 1),
         "images_per_second": round(len(pool) / wall, 2),
-        "predict_seconds": round(predict_wall, 1), "engine_timings": metrics["timings"],
-        "precision": metrics["config"]["precision"], "target_met": (
-            correct / len(test) >= 0.93 and wall <= 300),
-    }  # fmt: skip
+        "predict_seconds": round(predict_wall, 1),
+        "engine_timings": metrics["timings"],
+        "precision": metrics["config"]["precision"],
+        "target_met": (correct / len(test) >= 0.93 and wall <= 300),
+    }
 
 
 def engine_run(pool: list, test: list, backbone: str, strategy: str, args) -> dict:
     from worker.engines.datasets import ImageDataset, LabeledImage
     from worker.engines.errors import EngineError
-    from worker.engines.finetune import fine_tune, load_model
+    from worker.engines.finetune import FinetuneConfig, fine_tune, load_model
 
     classes = sorted({cls for cls, _ in pool})
     items = [LabeledImage(f"{c}/{p.name}", classes.index(c), p.read_bytes()) for c, p in pool]
-    params = {"backbone": backbone, "strategy": strategy, "seed": args.seed,
-              "image_size": args.image_size, "epochs": args.epochs}  # fmt: skip
+    params = {
+        "backbone": backbone,
+        "strategy": strategy,
+        "seed": args.seed,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+    }
     started = time.monotonic()
     try:
-        result = fine_tune(ImageDataset(classes, items), **params)
+        result = fine_tune(ImageDataset(classes, items), FinetuneConfig.resolve(**params))
     except EngineError as exc:
         import torch
 
         error = str(exc).replace(torch.hub.get_dir(), "<torch hub dir>")  # no machine paths
-        return {"run": "engine", "backbone": backbone, "strategy": strategy,
-                "status": "unavailable", "error": error}  # fmt: skip
+        return {
+            "run": "engine",
+            "backbone": backbone,
+            "strategy": strategy,
+            "status": "unavailable",
+            "error": error,
+        }
     wall = time.monotonic() - started
     model = load_model(result.checkpoint)
     top = model.predict([p.read_bytes() for _, p in test], top_k=1)
     correct = sum(t[0]["label"] == cls for t, (cls, _) in zip(top, test, strict=True))
     return {
-        "run": "engine", "backbone": backbone, "strategy": strategy, "status": "succeeded",
-        "image_size": result.config.image_size, "epochs": result.config.epochs,
+        "run": "engine",
+        "backbone": backbone,
+        "strategy": strategy,
+        "status": "succeeded",
+        "image_size": result.config.image_size,
+        "epochs": result.config.epochs,
         "heldout_accuracy": round(correct / len(test), 4),
-        "job_val_accuracy": result.metrics["accuracy"], "seconds": round(wall, 1),
-        "images_per_second": round(len(pool) / wall, 2), "timings": result.metrics["timings"],
+        "job_val_accuracy": result.metrics["accuracy"],
+        "seconds": round(wall, 1),
+        "images_per_second": round(len(pool) / wall, 2),
+        "timings": result.metrics["timings"],
         "precision": result.config.precision,
-    }  # fmt: skip
+    }
 
 
 def main() -> int:
+    from shared.kinds.fine_tune import BACKBONES, SPEC, STRATEGIES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="<class>/<image> folder")
     parser.add_argument("--holdout", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1, help="api runs on this many splits")
     parser.add_argument("--runs", default="api,engine")
-    parser.add_argument("--backbones", default="vgg19,resnet18,resnet50,mobilenet_v3_large,"
-                                               "efficientnet_b0")  # fmt: skip
-    parser.add_argument("--strategies", default="linear_probe,full,gradual")
-    parser.add_argument("--image-size", type=int, default=224, help="engine runs")
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    image_size = SPEC.param("image_size").default
+    parser.add_argument("--image-size", type=int, default=image_size, help="engine runs")
     parser.add_argument("--epochs", type=int, default=None, help="engine runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/finetune.json")
     args = parser.parse_args()
@@ -234,12 +274,17 @@ def main() -> int:
                 results.append(engine_run(pool, test, backbone, strategy, args))
                 print(json.dumps(results[-1]), flush=True)
     report = {
-        "benchmark": "finetune", "data": args.data.name, "holdout": args.holdout,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_end": os.getloadavg()},
+        "benchmark": "finetune",
+        "data": args.data.name,
+        "holdout": args.holdout,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_at_end": os.getloadavg(),
+        },
         "note": "api: real Redis + Celery worker + web; time from upload start to succeeded",
         "results": results,
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

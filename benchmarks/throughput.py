@@ -47,10 +47,16 @@ class GpuMemoryPeak:
         if not shutil.which("nvidia-smi"):
             return None
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits",
-             "--id=0"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout  # fmt: skip
+            [
+                "nvidia-smi",
+                "--query-gpu=memory.used,memory.total",
+                "--format=csv,noheader,nounits",
+                "--id=0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
         used, total = (int(x) for x in out.strip().split(","))
         return used, total
 
@@ -207,12 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     path = harness.write_result(args.name, result, args.out)
     rows = [
         [
-            r["label"], r["jobs"] * r["repeats"], r["jobs_per_s"], r["jobs_per_min"],
-            r["speedup_vs_first"], r["gpu_memory_peak_mib"] or "-",
-            r["accounting"]["lost"], r["accounting"]["duplicated"],
+            r["label"],
+            r["jobs"] * r["repeats"],
+            r["jobs_per_s"],
+            r["jobs_per_min"],
+            r["speedup_vs_first"],
+            r["gpu_memory_peak_mib"] or "-",
+            r["accounting"]["lost"],
+            r["accounting"]["duplicated"],
         ]
         for r in measured
-    ]  # fmt: skip
+    ]
     header = ["run", "jobs", "jobs/s", "jobs/min", "× first", "GPU MiB", "lost", "dup"]
     print(harness.table(rows, header))
     for r in results:

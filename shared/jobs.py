@@ -31,6 +31,9 @@ from shared.states import QUEUED, Fence, fenced_update
 from shared.storage import JOB_ID, job_key
 from shared.timeutil import utcnow
 
+# file roles a worker writes; every other role is an input the client uploaded
+OUTPUT_ROLES = frozenset({"result", "preview", "thumbnail"})
+
 
 def new_job_id() -> str:
     return uuid.uuid4().hex

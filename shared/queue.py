@@ -12,13 +12,24 @@ NOTIFY_TASK = "atelier.notify_webhook"
 DELIVER_WEBHOOK_TASK = "atelier.deliver_webhook"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
+QUEUES = (GPU_QUEUE, CPU_QUEUE)
 
-# job kind -> queue that runs it
-QUEUE_FOR_KIND = {"style_transfer": GPU_QUEUE, "fine_tune": GPU_QUEUE, "predict": GPU_QUEUE}
+
+def queue_for(kind: str) -> str:
+    """The queue that runs jobs of ``kind``: its spec says (shared/kinds); a kind without
+    a spec is an error here, at the sender, not a message no worker ever takes."""
+    from shared.kinds import KINDS
+
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise LookupError(f"job kind {kind!r} has no spec in shared.kinds: register it")
+    return spec.queue
 
 
 def celery_config(settings: Settings) -> dict:
-    """Celery settings every sender and worker shares; ARCHITECTURE.md says why each is set."""
+    """Celery settings every sender and worker shares; the README's "Running on a GPU
+    cluster" and "Accounts, limits and reliability" sections say why the delivery ones
+    (late acks, prefetch 1, reject on a lost worker, the visibility timeout) are set."""
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,

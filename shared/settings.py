@@ -69,6 +69,8 @@ class Settings:
     trusted_hosts: str | None = None
     # when set, GET /metrics needs Authorization: Bearer <this token>
     metrics_token: str | None = None
+    # modules (comma list) imported at start-up that register extra job kinds
+    kind_modules: str | None = None
 
     @property
     def broker_url(self) -> str:

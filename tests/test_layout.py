@@ -68,9 +68,17 @@ def test_compose_services_run_real_commands_with_real_settings(monkeypatch):
     compose = _compose()
     services = compose["services"]
     assert {
-        "web", "worker-gpu", "worker-cpu", "dispatcher", "migrate",
-        "redis", "postgres", "minio", "minio-init", "flower",
-    } <= set(services)  # fmt: skip
+        "web",
+        "worker-gpu",
+        "worker-cpu",
+        "dispatcher",
+        "migrate",
+        "redis",
+        "postgres",
+        "minio",
+        "minio-init",
+        "flower",
+    } <= set(services)
     commands = _subcommands()
     known_settings = {f"ATELIER_{name.upper()}" for name in Settings.__dataclass_fields__}
     from web import create_app

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask
 
+from shared.kinds import load_modules
 from shared.secrets import persistent_secret
 from shared.settings import Settings, load_settings
 
@@ -15,6 +16,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     config = dict(test_config or {})
     settings: Settings = config.pop("ATELIER_SETTINGS", None) or load_settings()
+    # before anything lists the kinds (routes, forms, OpenAPI): extra kinds register now
+    load_modules(settings.kind_modules)
     app.config.update(
         ATELIER=settings,
         SECRET_KEY=persistent_secret(settings, "secret_key"),

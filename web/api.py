@@ -1,4 +1,4 @@
-"""JSON API v1 (the contract is ../docs API.md): submit, get, list, cancel, delete, files."""
+"""JSON API v1 (described by web/openapi.py): submit, get, list, cancel, delete, files."""
 
 from __future__ import annotations
 

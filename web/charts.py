@@ -117,7 +117,9 @@ def to_svg(chart: Chart) -> str:
         )
         legend_x += 8 * (len(name) + len(_fmt(points[-1][1]))) + 24
     if chart.log:
-        parts.append(f'<text x="{WIDTH - PAD_RIGHT - 4}" y="{PAD_TOP + 14}" '
-                     'text-anchor="end" class="muted">log scale</text>')  # fmt: skip
+        parts.append(
+            f'<text x="{WIDTH - PAD_RIGHT - 4}" y="{PAD_TOP + 14}" '
+            'text-anchor="end" class="muted">log scale</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

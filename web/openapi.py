@@ -1,80 +1,47 @@
-"""``GET /api/v1/openapi.json`` (OpenAPI 3.1 of the whole API.md contract) and ``/docs``.
+"""``GET /api/v1/openapi.json`` (OpenAPI 3.1 of the whole HTTP API) and ``/docs``.
 
 The description is built per request from this server's settings, so the bounds it
-states (largest size, iterations, upload bytes) are the ones the server enforces. The
-style-transfer fields come from ``shared.params.STYLE_FIELDS`` plus the types below; a
-test checks the two name the same fields.
+states (largest size, iterations, upload bytes) are the ones the server enforces. Each
+kind's submit body is derived from its spec (shared/kinds): one schema per registered
+kind, each parameter's schema being its ``Param.schema(settings)``; nothing here lists
+a kind's fields a second time.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template
 
-from shared.params import MAX_STYLES, MIN_SIZE, STYLE_DEFAULTS, STYLE_FIELDS, VGG_LAYERS
+from shared.kinds import KINDS, FileField, KindSpec
 from shared.settings import Settings
 from shared.states import ERROR_CODES, STATUSES
 from web import db
-from web.query import DEFAULT_LIMIT, KINDS, MAX_CURSOR_LENGTH, MAX_LIMIT
+from web.kinds.describe import param_rows
+from web.query import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
 
 bp = Blueprint("openapi", __name__)
 VERSION = "1.0.0"
 JSON = "application/json"
 REF = "#/components/schemas/"
+COMMON_FIELDS: dict[str, dict[str, Any]] = {
+    "webhook": {
+        "type": "string",
+        "format": "uri",
+        "description": "URL POSTed (signed: Atelier-Signature) on the events below; "
+        "loopback/private targets are refused unless the operator allows them",
+    },
+    "webhook_events": {"type": "string", "description": "comma list of start,completed"},
+}
 
 
 def _enum(*values: str) -> dict[str, Any]:
     return {"type": "string", "enum": list(values)}
 
 
-def style_field_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
-    """JSON Schema of each style-transfer form field (all sent as multipart strings)."""
-    number = {"type": "number", "minimum": 0}
-    types: dict[str, dict[str, Any]] = {
-        "size": {"type": "integer", "minimum": MIN_SIZE, "maximum": settings.max_size},
-        "iterations": {"type": "integer", "minimum": 1, "maximum": settings.max_iterations},
-        "preset": _enum("fast", "balanced", "quality"),
-        "strength": {"type": "number", "minimum": 0, "maximum": 1},
-        "content_weight": number,
-        "style_weight": number,
-        "tv_weight": number,
-        "optimizer": _enum("lbfgs", "adam"),
-        "init": _enum("content", "noise", "gray"),
-        "pooling": _enum("max", "avg"),
-        "preserve_color": _enum("none", "luminance", "statistics"),
-        "style_scale": {"type": "number", "minimum": 0.1, "maximum": 4.0},
-        "multiscale": {"type": "boolean"},
-        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
-        "output_format": _enum("png", "jpeg", "webp"),
-        "weights": _enum("original", "torchvision"),
-        "style_weights": {"type": "string", "pattern": r"^[0-9.eE+-]+(,[0-9.eE+-]+)*$"},
-        "content_layer": _enum(*VGG_LAYERS),
-        "style_layers": {"type": "string", "pattern": r"^relu[1-5]_[1-4](,relu[1-5]_[1-4])*$"},
-        "style_layer_weights": {
-            "type": "string",
-            "pattern": r"^[0-9.eE+-]+(,[0-9.eE+-]+)*$",
-        },
-    }
-    schemas = {}
-    for name, spec in STYLE_FIELDS.items():
-        schema = {**types[name], "description": spec.doc}
-        if name in STYLE_DEFAULTS:
-            schema["default"] = STYLE_DEFAULTS[name]
-        schemas[name] = schema
-    return schemas
-
-
-def _file(description: str) -> dict[str, Any]:
-    return {"type": "string", "format": "binary", "description": description}
-
-
-def _files(description: str, max_items: int | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "array", "items": _file(description), "minItems": 1}
-    if max_items:
-        schema["maxItems"] = max_items
-    return schema
+def schema_name(kind: str) -> str:
+    """``style_transfer`` → ``StyleTransferSubmit``."""
+    return "".join(part.capitalize() for part in kind.split("_")) + "Submit"
 
 
 def image_limits(settings: Settings) -> str:
@@ -86,77 +53,47 @@ def image_limits(settings: Settings) -> str:
     )
 
 
-def submit_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
-    """One multipart body schema per job kind (API.md, "Submit")."""
-    common = {
-        "webhook": {
-            "type": "string",
-            "format": "uri",
-            "description": "URL POSTed (signed: Atelier-Signature) on the events below; "
-            "loopback/private targets are refused unless the operator allows them",
-        },
-        "webhook_events": {"type": "string", "description": "comma list of start,completed"},
-    }
-    limit = image_limits(settings)
-    style = {
-        "kind": {"const": "style_transfer"},
-        "content": _file(f"content image (JPEG/PNG/WebP…, sniffed); {limit}"),
-        "style": _files(f"style image(s); {limit}", MAX_STYLES),
-        **style_field_schemas(settings),
-        **common,
-    }
-    fine_tune = {
-        "kind": {"const": "fine_tune"},
-        "dataset": _file(
-            ".zip / .tar / .tar.gz of <class>/<image> folders, optionally under train/ and val/; "
-            f"a member over {settings.max_pixels} pixels or more elongated than "
-            f"1:{settings.max_aspect_ratio} is skipped and listed with the unreadable ones"
-        ),
-        "backbone": {
-            **_enum("vgg19", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0"),
-            "default": "vgg19",
-            "description": "vgg19 uses bundled weights; others when their weights are cached",
-        },
-        "strategy": {**_enum("linear_probe", "full", "gradual"), "default": "linear_probe"},
-        "epochs": {"type": "integer", "minimum": 1},
-        "batch_size": {"type": "integer", "minimum": 1},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "description": "learning rate"},
-        "image_size": {"type": "integer", "minimum": MIN_SIZE, "default": 224},
-        "val_split": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.2,
-            "description": "used when the archive has no val/ folder",
-        },
-        "augment": {"type": "boolean"},
-        "seed": {"type": "integer", "minimum": 0},
-        **common,
-    }
-    predict = {
-        "kind": {"const": "predict"},
-        "model": {"type": "string", "description": "id of a succeeded fine_tune job"},
-        "image": _files(f"image(s) to label; {limit}"),
-        "top_k": {"type": "integer", "minimum": 1, "default": 3},
-        **common,
-    }
+def archive_limits(settings: Settings) -> str:
+    """What an archive field holds to: the request cap, and its images' own bounds."""
+    return (
+        f"at most {settings.max_request_bytes} bytes; a member over {settings.max_pixels} "
+        f"pixels or more elongated than 1:{settings.max_aspect_ratio} is skipped and listed "
+        "with the unreadable ones"
+    )
+
+
+def file_schema(field: FileField, settings: Settings) -> dict[str, Any]:
+    """One upload (a binary string), or an array of them for a repeatable field."""
+    if field.accepts == "image":
+        text = f"{field.doc} (JPEG/PNG/WebP…, sniffed); {image_limits(settings)}"
+    else:
+        text = f"{field.doc}; {archive_limits(settings)}"
+    one = {"type": "string", "format": "binary", "description": text}
+    if field.max_count == 1:
+        return one
+    return {"type": "array", "items": one, "minItems": 1, "maxItems": field.max_count}
+
+
+def submit_schema(spec: KindSpec, settings: Settings) -> dict[str, Any]:
+    """The multipart body of one kind (``POST /api/v1/jobs``): its files, params and webhook."""
+    properties: dict[str, Any] = {"kind": {"const": spec.name}}
+    properties.update({f.name: file_schema(f, settings) for f in spec.files})
+    properties.update({p.name: p.schema(settings) for p in spec.params})
+    properties.update(COMMON_FIELDS)
+    required = ["kind"]
+    required += [f.name for f in spec.files if f.required]
+    required += [p.name for p in spec.params if p.required]
     return {
-        "StyleTransferSubmit": {
-            "type": "object",
-            "properties": style,
-            "required": ["kind", "content", "style"],
-        },
-        "FineTuneSubmit": {
-            "type": "object",
-            "properties": fine_tune,
-            "required": ["kind", "dataset"],
-        },
-        "PredictSubmit": {
-            "type": "object",
-            "properties": predict,
-            "required": ["kind", "model", "image"],
-        },
+        "type": "object",
+        "description": f"{spec.title}: {spec.doc}",
+        "properties": properties,
+        "required": required,
     }
+
+
+def submit_schemas(settings: Settings) -> dict[str, dict[str, Any]]:
+    """One multipart body schema per registered job kind."""
+    return {schema_name(name): submit_schema(spec, settings) for name, spec in KINDS.items()}
 
 
 def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -197,34 +134,44 @@ PROGRESS_SCHEMA = _object(
         },
     }
 )
-JOB_SCHEMA = _object(
-    {
-        "id": {"type": "string"},
-        "kind": _enum("style_transfer", "fine_tune", "predict"),
-        "status": _enum(*STATUSES),
-        "owner": {"type": "string"},
-        "params": {"type": "object"},
-        "inputs": {"type": "array", "items": {"$ref": REF + "File"}},
-        "queue_position": {"type": ["integer", "null"]},
-        "progress": {"$ref": REF + "Progress"},
-        "preview": _nullable(_object({"url": {"type": "string"}, "step": {"type": "integer"}})),
-        "thumbnail": _nullable(_object({"url": {"type": "string"}})),
-        "outputs": {"type": "array", "items": {"$ref": REF + "File"}},
-        "metrics": {"type": "object"},
-        "error": _nullable(
-            _object({"code": _enum(*sorted(ERROR_CODES)), "message": {"type": "string"}})
-        ),
-        "attempts": {"type": "integer"},
-        "created_at": {"type": "string", "format": "date-time"},
-        "started_at": TIME,
-        "finished_at": TIME,
-        "cancel_requested_at": TIME,
-        "urls": _object(
-            {"self": {"type": "string"}, "cancel": {"type": "string"}, "web": {"type": "string"}}
-        ),
-    },
-    ["id", "kind", "status", "params", "progress", "outputs", "urls"],
-)
+
+
+def _job_schema() -> dict[str, Any]:
+    """A job as the API returns it; its kind is one of the kinds registered now."""
+    return _object(
+        {
+            "id": {"type": "string"},
+            "kind": _enum(*KINDS),
+            "status": _enum(*STATUSES),
+            "owner": {"type": "string"},
+            "params": {"type": "object"},
+            "inputs": {"type": "array", "items": {"$ref": REF + "File"}},
+            "queue_position": {"type": ["integer", "null"]},
+            "progress": {"$ref": REF + "Progress"},
+            "preview": _nullable(_object({"url": {"type": "string"}, "step": {"type": "integer"}})),
+            "thumbnail": _nullable(_object({"url": {"type": "string"}})),
+            "outputs": {"type": "array", "items": {"$ref": REF + "File"}},
+            "metrics": {"type": "object"},
+            "error": _nullable(
+                _object({"code": _enum(*sorted(ERROR_CODES)), "message": {"type": "string"}})
+            ),
+            "attempts": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": TIME,
+            "finished_at": TIME,
+            "cancel_requested_at": TIME,
+            "urls": _object(
+                {
+                    "self": {"type": "string"},
+                    "cancel": {"type": "string"},
+                    "web": {"type": "string"},
+                }
+            ),
+        },
+        ["id", "kind", "status", "params", "progress", "outputs", "urls"],
+    )
+
+
 ERROR_SCHEMA = _object(
     {
         "error": _object(
@@ -294,26 +241,28 @@ def _list_parameters() -> list[dict[str, Any]]:
     ]
 
 
-def _paths() -> dict[str, Any]:
-    submit_body = {
+def _submit_body() -> dict[str, Any]:
+    """One of the registered kinds' bodies, told apart by ``kind``; images sent as images."""
+    images = {f.name for spec in KINDS.values() for f in spec.files if f.accepts == "image"}
+    return {
         "required": True,
         "content": {
             "multipart/form-data": {
                 "schema": {
-                    "oneOf": [
-                        {"$ref": REF + "StyleTransferSubmit"},
-                        {"$ref": REF + "FineTuneSubmit"},
-                        {"$ref": REF + "PredictSubmit"},
-                    ],
-                    "discriminator": {"propertyName": "kind"},
+                    "oneOf": [{"$ref": REF + schema_name(kind)} for kind in KINDS],
+                    "discriminator": {
+                        "propertyName": "kind",
+                        "mapping": {kind: REF + schema_name(kind) for kind in KINDS},
+                    },
                 },
-                "encoding": {
-                    "style": {"contentType": "image/*"},
-                    "image": {"contentType": "image/*"},
-                },
+                "encoding": {name: {"contentType": "image/*"} for name in sorted(images)},
             }
         },
     }
+
+
+def _paths() -> dict[str, Any]:
+    submit_body = _submit_body()
     return {
         "/api/v1/jobs": {
             "post": {
@@ -485,7 +434,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 }
             },
             "schemas": {
-                "Job": JOB_SCHEMA,
+                "Job": _job_schema(),
                 "JobList": _object(
                     {
                         "results": {"type": "array", "items": {"$ref": REF + "Job"}},
@@ -509,34 +458,41 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, bool) else str(value)
+def _row(name: str, kind: str, notes: str, required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": kind,
+        "bounds": "",
+        "default": "",
+        "unit": "",
+        "required": required,
+        "notes": notes,
+    }
 
 
-def _field_rows(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    required = set(schema.get("required", []))
+def _file_rows(spec: KindSpec, settings: Settings) -> list[dict[str, Any]]:
     rows = []
-    for name, prop in schema["properties"].items():
-        item = prop.get("items", prop)
-        kind = item.get("type") or ("constant" if "const" in prop else "")
-        if item.get("format") == "binary":
-            kind = "file" + (", repeatable" if prop.get("type") == "array" else "")
-        bounds = [f"{k} {prop[k]}" for k in ("minimum", "maximum") if k in prop]
-        rows.append(
-            {
-                "name": name,
-                "type": kind,
-                "choices": ", ".join(prop.get("enum", [])) or prop.get("const", ""),
-                "default": _show(prop.get("default", "")),
-                "required": name in required,
-                "notes": "; ".join(filter(None, [prop.get("description", ""), *bounds]))
-                or item.get("description", ""),
-            }
-        )
+    for field in spec.files:
+        schema = file_schema(field, settings)
+        many = f"files, up to {field.max_count}" if field.max_count > 1 else "file"
+        notes = schema.get("items", schema)["description"]
+        rows.append(_row(field.name, f"{field.accepts} {many}", notes, field.required))
     return rows
 
 
-def docs_model(spec: dict[str, Any]) -> dict[str, Any]:
+def kind_docs(settings: Settings) -> list[dict[str, Any]]:
+    """Each registered kind with its fields, from its spec: files, params, webhook."""
+    kinds = []
+    for name, spec in KINDS.items():
+        rows = [_row("kind", f"constant: {name}", spec.doc, required=True)]
+        rows += _file_rows(spec, settings) + param_rows(spec, settings)
+        rows += [_row(field, "string", s["description"]) for field, s in COMMON_FIELDS.items()]
+        anchor = "fields-" + schema_name(name).removesuffix("Submit")
+        kinds.append({"name": name, "title": spec.title, "anchor": anchor, "rows": rows})
+    return kinds
+
+
+def docs_model(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """What the docs page lists: operations in order, and each kind's submit fields."""
     operations = []
     for path, item in spec["paths"].items():
@@ -556,12 +512,7 @@ def docs_model(spec: dict[str, Any]) -> dict[str, Any]:
                     "responses": op["responses"],
                 }
             )
-    schemas = spec["components"]["schemas"]
-    kinds = [
-        (name.removesuffix("Submit"), _field_rows(schemas[name]))
-        for name in ("StyleTransferSubmit", "FineTuneSubmit", "PredictSubmit")
-    ]
-    return {"operations": operations, "kinds": kinds}
+    return {"operations": operations, "kinds": kind_docs(settings)}
 
 
 @bp.get("/api/v1/openapi.json")
@@ -571,5 +522,6 @@ def openapi_json():
 
 @bp.get("/docs")
 def docs():
-    spec = build_spec(db.settings())
-    return render_template("docs.html", spec=spec, **docs_model(spec))
+    settings = db.settings()
+    spec = build_spec(settings)
+    return render_template("docs.html", spec=spec, **docs_model(spec, settings))

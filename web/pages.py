@@ -3,6 +3,11 @@
 The script on each page only improves things (drag and drop, checks before upload,
 live progress without reloads); forms post and pages refresh without it. Form posts
 are CSRF-protected (web.csrf); the JSON API is not, it takes tokens.
+
+The submit form is derived from each kind's spec (shared/kinds): its tabs, its expert
+parameters (one loop), and every choice, bound and default of the hand-made widgets;
+a kind without a hand-made section gets a form made entirely from its spec. The job
+page shows the result views its kind's spec names.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from werkzeug.datastructures import MultiDict
 from shared import states
 from shared.errors import InputError
 from shared.jobs import get_job, list_jobs
+from shared.kinds import KINDS
 from shared.models import Job
-from shared.params import STYLE_DEFAULTS, VGG_LAYERS
 from shared.storage import open_storage
 from web import csrf, db
 from web.auth import current_owner, owner_filter
 from web.charts import charts_for, to_svg
-from web.kinds import HANDLERS
+from web.kinds.describe import accept
+from web.kinds.form import kind_form
 from web.query import list_query
 from web.results import fine_tune_view, predict_view, read_json_output
 from web.security import safe_redirect_target
@@ -32,6 +38,7 @@ from web.submit import submit_job
 
 bp = Blueprint("pages", __name__)
 csrf.protect(bp)
+bp.app_template_global("file_accept")(accept)
 
 
 @bp.app_template_filter("filesize")
@@ -44,19 +51,24 @@ def filesize(count: int) -> str:
     return f"{count} bytes"  # pragma: no cover
 
 
-KINDS = (
-    ("style_transfer", "Style transfer", "Paint a photo in the style of one or more images."),
-    ("fine_tune", "Fine-tune", "Train an image classifier on your labelled folders."),
-    ("predict", "Predict", "Label images with a model you fine-tuned here."),
-)
-KIND_NAMES = {name for name, _, _ in KINDS}
 GALLERY_PAGE = 24
-STYLE_EXPERT = (
-    "iterations", "seed", "optimizer", "init", "pooling", "preserve_color", "style_scale",
-    "multiscale", "output_format", "content_weight", "style_weight", "tv_weight",
-    "style_weights", "weights", "content_layer", "style_layers", "style_layer_weights",
-)  # fmt: skip
-FINE_TUNE_EXPERT = ("epochs", "batch_size", "lr", "image_size", "val_split", "augment", "seed")
+DEFAULT_KIND = "style_transfer"
+# Fields that index.html places with widgets of their own (the rest come from the spec).
+HAND_MADE = {
+    "style_transfer": frozenset({"content", "style", "preset", "strength", "size"}),
+    "fine_tune": frozenset({"dataset"}),
+    "predict": frozenset({"model", "image"}),
+}
+BUTTONS = {
+    "style_transfer": "Start style transfer",
+    "fine_tune": "Start fine-tuning",
+    "predict": "Start prediction",
+}
+PRESET_BLURBS = {
+    "fast": "quick look, fewer steps",
+    "balanced": "good default",
+    "quality": "more steps, finer detail",
+}
 
 
 def _wants_json() -> bool:
@@ -64,27 +76,32 @@ def _wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > 0
 
 
+def _known(kind: str | None) -> str:
+    return kind if kind in KINDS else DEFAULT_KIND
+
+
 def _form(kind: str, error: InputError | None = None, status: int = 200):
     session = db.session()
     owner = owner_filter()
+    settings = db.settings()
     recent, _ = list_jobs(session, owner=owner, limit=8)
     models, _ = list_jobs(session, owner=owner, status=states.SUCCEEDED, kind="fine_tune", limit=50)
-    values = request.form if error else request.args
+    forms = [
+        kind_form(spec, settings, HAND_MADE.get(name, frozenset())) for name, spec in KINDS.items()
+    ]
     return (
         render_template(
             "index.html",
-            kinds=KINDS,
+            forms=forms,
             kind=kind,
-            available=set(HANDLERS),
-            defaults=STYLE_DEFAULTS,
-            vgg_layers=VGG_LAYERS,
-            settings=db.settings(),
+            hand_made=HAND_MADE,
+            buttons=BUTTONS,
+            preset_blurbs=PRESET_BLURBS,
+            settings=settings,
             error=error,
-            values=values,
+            values=request.form if error else request.args,
             recent=recent,
             models=models,
-            style_expert=STYLE_EXPERT,
-            fine_tune_expert=FINE_TUNE_EXPERT,
         ),
         status,
     )
@@ -92,8 +109,7 @@ def _form(kind: str, error: InputError | None = None, status: int = 200):
 
 @bp.get("/")
 def index():
-    kind = request.args.get("kind", "style_transfer")
-    return _form(kind if kind in KIND_NAMES else "style_transfer")
+    return _form(_known(request.args.get("kind")))
 
 
 @bp.post("/jobs")
@@ -104,13 +120,12 @@ def submit():
         for key, value in request.form.items(multi=True)
         if key != csrf.FIELD and value.strip() != ""
     )
-    kind = form.get("kind", "style_transfer")
     try:
         job, _ = submit_job(form, request.files, current_owner(), db.settings())
     except InputError as exc:
         if _wants_json():
             return jsonify(exc.as_dict()), exc.status
-        return _form(kind if kind in KIND_NAMES else "style_transfer", exc, exc.status)
+        return _form(_known(form.get("kind")), exc, exc.status)
     url = url_for("pages.job_page", job_id=job.id)
     if _wants_json():
         return jsonify({"id": job.id, "url": url}), 201
@@ -118,11 +133,14 @@ def submit():
 
 
 def _result_views(job: Job, data: dict[str, Any]) -> dict[str, Any]:
+    """The views the kind's spec names, read from the job's output files."""
+    spec = KINDS.get(job.kind)
+    names = spec.views if spec is not None else ()
     storage = open_storage(db.settings().storage_url)
-    views: dict[str, Any] = {"fine_tune": None, "predictions": []}
-    if job.kind == "fine_tune":
+    views: dict[str, Any] = {"views": names, "fine_tune": None, "predictions": []}
+    if "fine_tune_report" in names:
         views["fine_tune"] = fine_tune_view(read_json_output(storage, job, "metrics.json"))
-    elif job.kind == "predict":
+    if "predictions" in names:
         views["predictions"] = predict_view(
             data, read_json_output(storage, job, "predictions.json")
         )
@@ -196,7 +214,7 @@ def gallery():
         jobs=[job_to_dict(session, job) for job in rows],
         terminal=states.TERMINAL,
         statuses=states.STATUSES,
-        kinds=KINDS,
+        kinds=[(name, spec.title, spec.doc) for name, spec in KINDS.items()],
         status=query.status,
         kind=query.kind,
         next_cursor=next_cursor,

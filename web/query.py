@@ -16,10 +16,9 @@ from datetime import UTC
 
 from shared.errors import InputError
 from shared.jobs import decode_cursor, is_job_id
+from shared.kinds import KINDS  # the kinds a filter may name: the live registry's keys
 from shared.states import STATUSES
-from web.kinds import HANDLERS
 
-KINDS: tuple[str, ...] = tuple(HANDLERS)
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 200  # a real cursor is 96 characters (microseconds, 32-hex id)

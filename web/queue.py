@@ -8,7 +8,7 @@ from celery import Celery
 from flask import Flask, current_app
 
 from shared import webhooks, workers
-from shared.queue import QUEUE_FOR_KIND, RUN_JOB_TASK, celery_config
+from shared.queue import RUN_JOB_TASK, celery_config, queue_for
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,12 @@ def client() -> Celery:
 
 def enqueue(job_id: str, kind: str) -> bool:
     """Publish the job id; False (logged) when the broker is unreachable."""
+    queue = queue_for(kind)  # a kind without a spec is a bug, not a broker outage
     try:
         client().send_task(
             RUN_JOB_TASK,
             args=[job_id],
-            queue=QUEUE_FOR_KIND[kind],
+            queue=queue,
             task_id=job_id,
             retry=False,
         )

@@ -1,8 +1,12 @@
-"""Kind-specific result views: what the job page shows from a finished job's output files.
+"""Result views a job page shows from a finished job's output files, by the kind's views.
 
-Fine-tune jobs write ``metrics.json`` (classes, confusion matrix, per-class scores);
-predict jobs write ``predictions.json`` (API.md fixes its shape). The readers here are
-tolerant of missing or extra keys: a page that shows less is better than a 500.
+A kind's spec (shared/kinds) names its views: ``image`` (the result image, drawn by the
+template from the job's outputs), ``fine_tune_report`` (from ``metrics.json``, as
+worker/engines/finetune.py and worker/engines/finetune_report.py write it: accuracy,
+macro F1, classes, confusion matrix, per-class scores, dataset counts, timings; the
+runner adds ``ignored_files``) and ``predictions`` (from ``predictions.json``, whose
+shape the README's fine-tuning section shows). The readers take exactly those keys
+and tolerate their absence or a wrong type: a page that shows less is better than a 500.
 """
 
 from __future__ import annotations
@@ -19,8 +23,15 @@ from shared.storage import Storage
 log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 4 * 1024 * 1024
 SCORE_KEYS = ("precision", "recall", "f1", "support")
-# where a metrics.json may nest its evaluation numbers
-NESTS = ("", "best", "final", "val", "validation", "evaluation")
+# (label, key) of metrics.json's headline numbers, in the order the page shows them
+SUMMARY = (
+    ("accuracy", "accuracy"),
+    ("macro F1", "macro_f1"),
+    ("best epoch", "best_epoch"),
+    ("validation loss", "val_loss"),
+    ("ignored files", "ignored_files"),
+    ("device", "device"),
+)
 
 
 @dataclass
@@ -48,37 +59,51 @@ def read_json_output(storage: Storage, job: Job, name: str) -> Any | None:
         return None
 
 
-def _lookup(metrics: dict[str, Any], *names: str) -> Any:
-    for nest in NESTS:
-        scope = metrics.get(nest) if nest else metrics
-        if isinstance(scope, dict):
-            for name in names:
-                if scope.get(name) is not None:
-                    return scope[name]
-    return None
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _summary(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows = [(label, metrics[key]) for label, key in SUMMARY if _scalar(metrics.get(key))]
+    dataset = _dict(metrics.get("dataset"))
+    for label, part in (("training images", "train"), ("validation images", "val")):
+        counts = _dict(dataset.get(part)).values()
+        if counts and all(isinstance(c, int) for c in counts):
+            rows.append((label, sum(counts)))
+    if _scalar(dataset.get("unreadable")):
+        rows.append(("unreadable images", dataset["unreadable"]))
+    seconds = _dict(metrics.get("timings")).get("seconds")
+    if _scalar(seconds):
+        rows.append(("seconds", seconds))
+    return rows
+
+
+def _confusion(raw: Any) -> list[list[int]] | None:
+    if not isinstance(raw, list) or not raw:
+        return None
+    for row in raw:
+        if not isinstance(row, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in row
+        ):
+            return None
+    return [[int(v) for v in row] for row in raw]
 
 
 def _per_class(raw: Any, classes: list[str]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if isinstance(raw, dict):
-        items = [(str(k), v) for k, v in raw.items() if isinstance(v, dict)]
-    elif isinstance(raw, list):
-        items = []
-        for index, entry in enumerate(raw):
-            if isinstance(entry, dict):
-                name = entry.get("class") or entry.get("label") or entry.get("name")
-                if name is None and index < len(classes):
-                    name = classes[index]
-                items.append((str(name), entry))
-    else:
-        return rows
-    for name, scores in items:
-        row = {"class": name}
+    """``per_class`` is {class: {precision, recall, f1, support}}; shown in class order."""
+    scores = _dict(raw)
+    order = [c for c in classes if c in scores] + [c for c in scores if c not in classes]
+    rows = []
+    for name in order:
+        entry = _dict(scores[name])
+        row: dict[str, Any] = {"class": str(name)}
         for key in SCORE_KEYS:
-            value = scores.get(key, scores.get("f1_score") if key == "f1" else None)
-            row[key] = value
-        if "accuracy" in scores:
-            row["accuracy"] = scores["accuracy"]
+            value = entry.get(key)
+            row[key] = value if _scalar(value) and not isinstance(value, str) else None
         rows.append(row)
     return rows
 
@@ -87,42 +112,52 @@ def fine_tune_view(metrics: Any) -> FineTuneView | None:
     """The confusion matrix, per-class table and headline numbers of a fine-tune job."""
     if not isinstance(metrics, dict):
         return None
-    classes = [str(c) for c in (_lookup(metrics, "classes", "class_names") or [])]
-    confusion = _lookup(metrics, "confusion_matrix", "confusion")
-    if not (
-        isinstance(confusion, list)
-        and all(
-            isinstance(r, list) and all(isinstance(v, int | float) for v in r) for r in confusion
-        )
-    ):
-        confusion = None
+    raw_classes = metrics.get("classes")
+    classes = [str(c) for c in raw_classes] if isinstance(raw_classes, list) else []
+    confusion = _confusion(metrics.get("confusion_matrix"))
     if confusion and len(classes) != len(confusion):
-        classes = classes[: len(confusion)] or [str(i) for i in range(len(confusion))]
-    summary = [
-        (key, value)
-        for key, value in metrics.items()
-        if isinstance(value, int | float | str) and not isinstance(value, bool)
-    ]
+        classes = [str(i) for i in range(len(confusion))]
     return FineTuneView(
-        summary=summary,
+        summary=_summary(metrics),
         classes=classes,
-        confusion=[[int(v) for v in row] for row in confusion] if confusion else None,
-        per_class=_per_class(_lookup(metrics, "per_class", "per_class_metrics"), classes),
+        confusion=confusion,
+        per_class=_per_class(metrics.get("per_class"), classes),
     )
 
 
 def predict_view(job_dict: dict[str, Any], predictions: Any) -> list[dict[str, Any]]:
-    """Each uploaded image with its top labels; matched by file name, else by order."""
+    """Each uploaded image with its top labels (or why it could not be read).
+
+    ``predictions.json`` lists ``{name, top: [{label, probability}], error?}`` per image
+    in upload order; ``name`` is the client's file name, so rows match inputs by order.
+    """
     if not isinstance(predictions, dict) or not isinstance(predictions.get("predictions"), list):
         return []
     images = [i for i in job_dict["inputs"] if i["role"] == "image"]
-    by_name = {i["name"]: i for i in images}
     rows = []
     for index, entry in enumerate(predictions["predictions"]):
         if not isinstance(entry, dict):
             continue
         name = str(entry.get("name", ""))
-        image = by_name.get(name) or (images[index] if index < len(images) else None)
-        top = [t for t in entry.get("top") or [] if isinstance(t, dict)]
-        rows.append({"name": name, "url": image["url"] if image else None, "top": top})
+        image = images[index] if index < len(images) else None
+        top = [
+            {"label": str(t.get("label", "?")), "probability": _probability(t.get("probability"))}
+            for t in entry.get("top") or []
+            if isinstance(t, dict)
+        ]
+        error = entry.get("error")
+        rows.append(
+            {
+                "name": name,
+                "url": image["url"] if image else None,
+                "top": top,
+                "error": error if isinstance(error, str) else None,
+            }
+        )
     return rows
+
+
+def _probability(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return 0.0

@@ -1,4 +1,4 @@
-"""The job object of API.md, built from a row."""
+"""The job object of the API (its schema is ``Job`` in web/openapi.py), built from a row."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from flask import url_for
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from shared.jobs import FileRead, JobRead, queue_position
+from shared.jobs import OUTPUT_ROLES, FileRead, JobRead, queue_position
 from shared.models import Job, JobFile
 from shared.timeutil import isoformat
 
-INPUT_ROLES = ("content", "style", "dataset", "image")
 # what werkzeug's path converter leaves unquoted, so links match url_for("api.get_file")
 _URL_SAFE = "!$&'()*+,/:;=@"
 
@@ -76,7 +75,7 @@ def job_body(
         "status": job.status,
         "owner": job.owner,
         "params": job.params,
-        "inputs": [_file(f, urls[f.name]) for f in files if f.role in INPUT_ROLES],
+        "inputs": [_file(f, urls[f.name]) for f in files if f.role not in OUTPUT_ROLES],
         "queue_position": queue_position,
         "progress": _progress(job),
         "preview": ({"url": urls[preview.name], "step": job.preview_step} if preview else None),

@@ -1,6 +1,7 @@
 """Turning a multipart submit into a stored, enqueued job — or an error and nothing else.
 
-Order matters: admission (rate, quotas), validate everything (the kind's handler), write
+Order matters: admission (rate, quotas), validate everything (the kind's handler from
+``web.kinds``, driven by the kind's spec in ``shared.kinds``), write
 the input files, commit the row, then enqueue. A failure before the commit removes the
 files, so bad input leaves nothing behind; a broker failure after it leaves the row for
 the dispatcher; a crash between the files and the commit leaves files that the
@@ -24,8 +25,8 @@ from werkzeug.datastructures import MultiDict
 
 from shared.errors import InputError
 from shared.jobs import add_job, mark_enqueued, new_job_id
+from shared.kinds import KindSpec
 from shared.models import Job
-from shared.params import validate_kind
 from shared.quotas import admit, check_admission
 from shared.settings import Settings
 from shared.states import SUCCEEDED
@@ -33,7 +34,7 @@ from shared.storage import job_key, open_storage
 from shared.timeutil import utcnow
 from shared.webhooks import check_target, parse_events
 from web import db, queue
-from web.kinds import HANDLERS, SubmitContext
+from web.kinds import SubmitContext, handler_for, validate_kind
 from web.ratelimit import check_submit_rate
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -73,25 +74,29 @@ def _webhook(form: Mapping[str, str], settings: Settings) -> tuple[str | None, s
     return url, events
 
 
-def _check_model_still_there(session: Session, kind: str, params: Mapping[str, Any]) -> None:
-    """A predict's model, checked by the handler, may have been deleted since: check again.
+def _check_jobs_still_there(session: Session, spec: KindSpec, params: Mapping[str, Any]) -> None:
+    """A job a ``job_id`` param names (predict's model, checked by its handler) may have
+    been deleted since: check again that it is there and succeeded.
 
     This runs under the owner's lock, which DELETE takes before it looks for predict jobs
     using a model, so either the delete sees this job (and refuses) or this sees the
     delete. ``FOR SHARE`` also keeps the row until the commit on PostgreSQL.
     """
-    if kind != "predict":
-        return
-    model_id = params["model"]
-    status = session.scalar(select(Job.status).where(Job.id == model_id).with_for_update(read=True))
-    if status != SUCCEEDED:
-        raise InputError(
-            f"model: fine_tune job {model_id} was deleted while this job was submitted; "
-            "pick another model",
-            field="model",
-            status=409,
-            code="conflict",
+    for param in spec.params:
+        job_id = params.get(param.name) if param.type == "job_id" else None
+        if job_id is None:
+            continue
+        status = session.scalar(
+            select(Job.status).where(Job.id == job_id).with_for_update(read=True)
         )
+        if status != SUCCEEDED:
+            raise InputError(
+                f"{param.name}: job {job_id} was deleted while this job was submitted "
+                "(or has not succeeded); pick another",
+                field=param.name,
+                status=409,
+                code="conflict",
+            )
 
 
 def submit_job(
@@ -112,14 +117,14 @@ def submit_job(
     check_submit_rate(owner, settings)
     session = db.session()
     check_admission(session, owner, settings)
-    kind = validate_kind(form.get("kind"), tuple(HANDLERS))
-    handler = HANDLERS[kind]
-    unknown = set(files.keys()) - set(handler.file_fields)
+    spec = validate_kind(form.get("kind"))
+    kind = spec.name
+    unknown = set(files.keys()) - set(spec.file_names)
     if unknown:
         name = sorted(unknown)[0]
         raise InputError(f"unknown file field {name!r} for {kind}", field=name)
     webhook_url, webhook_events = _webhook(form, settings)
-    prepared = handler.prepare(SubmitContext(form, files, owner, settings, session))
+    prepared = handler_for(kind)(SubmitContext(spec, form, files, owner, settings, session))
     session.commit()  # end the reads: no connection is held while the files are written
 
     job_id = new_job_id()
@@ -128,7 +133,7 @@ def submit_job(
         for stored, data in prepared.inputs:
             storage.put_bytes(job_key(job_id, stored.name), data)
         admit(session, owner, settings)
-        _check_model_still_there(session, kind, prepared.params)
+        _check_jobs_still_there(session, spec, prepared.params)
         job = add_job(
             session,
             job_id=job_id,

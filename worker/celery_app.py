@@ -20,6 +20,7 @@ import psutil
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from shared.kinds import load_modules
 from shared.queue import celery_config
 from shared.settings import get_settings
 from shared.workers import Beacon, redis_client
@@ -30,7 +31,11 @@ _draining = threading.Event()
 
 
 def make_celery() -> Celery:
+    """The worker's app. The deployment's own kinds (ATELIER_KIND_MODULES: each module
+    registers a spec and a runner) load first, in the main process before the pool
+    forks, so a worker that cannot load one fails at start, not on its first job."""
     settings = get_settings()
+    load_modules(settings.kind_modules)
     app = Celery("atelier")
     app.conf.update(celery_config(settings))
     app.conf.include = ["worker.tasks"]
@@ -42,18 +47,16 @@ app = make_celery()
 
 @worker_process_init.connect
 def _preload_models(**_kwargs) -> None:
-    """Load the default VGG19 once per child process, after the fork (CUDA and fork mix badly).
+    """Run each kind's preload (the default VGG19) once per child process, after the fork
+    (CUDA and fork mix badly); a broken one is logged and the job reports its error.
 
     Also arms the child for a drain: SIGUSR2 from the main process asks the running job
     to hand itself back (Celery's children leave SIGUSR2 alone).
     """
-    from worker.runner import preload
+    from worker.kinds import preload
 
     signal.signal(signal.SIGUSR2, request_drain)
-    try:
-        preload()
-    except Exception:  # a broken preload must not kill the child; the job will report it
-        log.exception("model preload failed; jobs will retry loading and report the error")
+    preload()
 
 
 _beacons: list[Beacon] = []
@@ -87,8 +90,9 @@ def _start_drain(how: str = "", **_kwargs) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_at_once)
     seconds = get_settings().drain_seconds
-    log.warning("shutting down: a running job has %d s to finish, then goes back to the queue",
-                seconds)  # fmt: skip
+    log.warning(
+        "shutting down: a running job has %d s to finish, then goes back to the queue", seconds
+    )
     threading.Thread(target=_drain, args=(seconds,), name="drain", daemon=True).start()
 
 
@@ -110,6 +114,5 @@ def _drain(seconds: float) -> None:
         except ProcessLookupError:
             continue
     time.sleep(HANDBACK_GRACE)
-    log.warning("the running job was not handed back within %s s; stopping at once",
-                HANDBACK_GRACE)  # fmt: skip
+    log.warning("the running job was not handed back within %s s; stopping at once", HANDBACK_GRACE)
     os.kill(os.getpid(), signal.SIGQUIT)

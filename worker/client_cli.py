@@ -4,8 +4,14 @@ It talks only HTTP (``ATELIER_URL``, default http://127.0.0.1:8000; ``ATELIER_TO
 as ``Authorization: Bearer``), so it works against any Atelier server and needs neither
 the database nor the queue. ``--json`` prints the API's own objects for scripts.
 
+``submit`` has one subcommand per job kind in shared.kinds (those of
+``ATELIER_KIND_MODULES`` too), its arguments built from the kind's spec: a value outside
+the kind's bounds, a wrong upload count or field combination is refused here first, with
+the server's message, before any file is sent (a server's own lower caps, such as
+``ATELIER_MAX_SIZE``, are still the server's to refuse).
+
 Exit status: 0 done (or accepted, without ``--wait``), 1 the waited-for job failed or
-was canceled, 2 the server refused the request, 3 the server could not be reached,
+was canceled, 2 the request was refused (here or by the server), 3 the server could not be reached,
 130 interrupted while waiting (the job keeps running).
 """
 
@@ -16,11 +22,17 @@ import json
 import os
 import sys
 import time
+from argparse import ArgumentParser
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
 import requests
+
+from shared.errors import InputError
+from shared.kinds import KINDS, FileField, KindSpec, Param, load_modules
+from shared.kinds.spec import number_text  # the server's way to write bounds
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -187,40 +199,55 @@ def wait(client: Client, job: dict[str, Any], interval: float = 1.0) -> dict[str
 # ---------------------------------------------------------------- commands
 
 
-def _fields(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str]:
-    fields = {}
-    for name in names:
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        fields[name] = str(value).lower() if isinstance(value, bool) else str(value)
+def _form(value: Any) -> str:
+    """A typed value as the form string the server parses back to it: lists joined by
+    commas, bools as true/false, numbers by repr so no digit is lost."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_form(item) for item in value)
+    if isinstance(value, int | float):
+        return repr(value)
+    return str(value)
+
+
+def _usage(exc: InputError) -> ApiError:
+    return ApiError(0, "usage", exc.message, exc.field)
+
+
+def _submission(args: argparse.Namespace) -> tuple[str, dict[str, str], list[tuple[str, Path]]]:
+    """The kind, form fields and uploads of ``atelier submit KIND …``.
+
+    The uploads' counts and the kind's cross-field checks run here against the same spec
+    the server uses, so a request the server would refuse is not sent (nor its files).
+    """
+    spec = KINDS[args.submit_kind]
+    typed = {
+        p.name: getattr(args, _dest(p.name))
+        for p in spec.params
+        if getattr(args, _dest(p.name), None) is not None
+    }
+    fields = {name: _form(value) for name, value in typed.items()}
     for pair in args.param or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ApiError(0, "usage", f"--param takes KEY=VALUE, got {pair!r}")
         fields[key] = value
-    return fields
-
-
-STYLE_OPTIONS = (
-    "size", "iterations", "preset", "strength", "style_weights", "content_weight",
-    "style_weight", "tv_weight", "optimizer", "init", "pooling", "preserve_color",
-    "style_scale", "multiscale", "seed", "output_format", "weights",
-)  # fmt: skip
-FINE_TUNE_OPTIONS = (
-    "backbone", "strategy", "epochs", "batch_size", "lr", "image_size", "val_split",
-    "augment", "seed",
-)  # fmt: skip
-
-
-def _submission(args: argparse.Namespace) -> tuple[str, dict[str, str], list[tuple[str, Path]]]:
-    if args.what == "style":
-        files = [("content", args.content)] + [("style", p) for p in args.styles]
-        return "style_transfer", _fields(args, STYLE_OPTIONS), files
-    if args.what == "finetune":
-        return "fine_tune", _fields(args, FINE_TUNE_OPTIONS), [("dataset", args.archive)]
-    fields = {"model": args.model, **_fields(args, ("top_k",))}
-    return "predict", fields, [("image", p) for p in args.images]
+        typed.pop(key, None)
+        if key in spec.by_name and value.strip():  # a blank value is "unset" to the server
+            try:
+                typed[key] = spec.param(key).parse(value)
+            except InputError as exc:
+                raise _usage(exc) from None
+    files: list[tuple[str, Path]] = []
+    for upload in spec.files:
+        given = getattr(args, _dest(upload.name), None) or []
+        files += [(upload.name, path) for path in (given if isinstance(given, list) else [given])]
+    try:
+        spec.check_counts(typed, Counter(name for name, _ in files))
+    except InputError as exc:
+        raise _usage(exc) from None
+    return spec.name, fields, files
 
 
 def _cmd_submit(client: Client, args: argparse.Namespace) -> int:
@@ -353,43 +380,103 @@ def _submit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="show a progress bar until it ends")
     parser.add_argument("-o", "--output", type=Path, help="with --wait: save the outputs here")
     parser.add_argument("--idempotency-key", help="resubmitting with the same key is a no-op")
-    parser.add_argument("--param", action="append", metavar="KEY=VALUE",
-                        help="any other form field (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="any other form field (repeatable)"
+    )
 
 
-def _style_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("content", type=Path, help="content image")
-    parser.add_argument("styles", type=Path, nargs="+", metavar="STYLE", help="style image(s)")
-    parser.add_argument("--size", type=int, help="long side of the output, px")
-    parser.add_argument("--iterations", type=int, help="total optimiser steps")
-    parser.add_argument("--preset", choices=("fast", "balanced", "quality"))
-    parser.add_argument("--strength", type=float, help="0 = content, 1 = style")
-    parser.add_argument("--style-weights", metavar="W1,W2,…", help="one weight per style")
-    parser.add_argument("--content-weight", type=float)
-    parser.add_argument("--style-weight", type=float)
-    parser.add_argument("--tv-weight", type=float)
-    parser.add_argument("--optimizer", choices=("lbfgs", "adam"))
-    parser.add_argument("--init", choices=("content", "noise", "gray"))
-    parser.add_argument("--pooling", choices=("max", "avg"))
-    parser.add_argument("--preserve-color", choices=("none", "luminance", "statistics"))
-    parser.add_argument("--style-scale", type=float)
-    parser.add_argument("--multiscale", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--output-format", choices=("png", "jpeg", "webp"))
-    parser.add_argument("--weights", choices=("original", "torchvision"))
+# Today's subcommand names, kept as aliases of the kind names.
+ALIASES = {"style_transfer": ("style",), "fine_tune": ("finetune",)}
+# Positional metavars other than the field's name in capitals.
+METAVARS = {("fine_tune", "dataset"): "ARCHIVE"}
+# Options of every submit subcommand: a kind's field of the same name is sent with --param.
+CLIENT_OPTIONS = frozenset({"help", "json", "url", "wait", "output", "idempotency_key", "param"})
 
 
-def _finetune_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("archive", type=Path, help=".zip/.tar/.tar.gz of class/image folders")
-    parser.add_argument("--backbone")
-    parser.add_argument("--strategy", choices=("linear_probe", "full", "gradual"))
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--val-split", type=float)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--seed", type=int)
+def _dest(name: str) -> str:
+    """Where a kind's field lands in the namespace: apart from the client's own options."""
+    return f"field_{name}"
+
+
+def _positional(param: Param) -> bool:
+    """A required parameter (no default can stand in for it) is a positional."""
+    return param.required
+
+
+def _help(param: Param) -> str:
+    """The spec's description, with the bounds, the choices and the default."""
+    schema = param.schema()
+    parts = [schema["description"]]
+    if param.type in ("int", "float"):
+        parts.append(f"{number_text(schema['minimum'])} to {number_text(schema['maximum'])}")
+    if param.choices:
+        lead = "one of" if param.type == "choice" else "from"
+        parts.append(f"{lead}: {', '.join(param.choices)}")
+    text = "; ".join(parts)
+    if param.default is not None:
+        text += f" (default: {_form(param.default)})"
+    return text.replace("%", "%%")
+
+
+def _metavar(param: Param) -> str:
+    name = param.name.upper()
+    return f"{name},…" if param.type in ("floats", "choices") else name
+
+
+def _nargs(upload: FileField) -> dict[str, Any]:
+    """How many paths a file field's positional takes (one by default)."""
+    if upload.max_count > 1:
+        return {"nargs": "+" if upload.required else "*"}
+    return {} if upload.required else {"nargs": "?"}
+
+
+def _option(parser: ArgumentParser, param: Param) -> None:
+    """``--kebab-case``: parsed like the server does (same bounds, same message)."""
+    if param.type == "bool":
+        action: dict[str, Any] = {"action": argparse.BooleanOptionalAction, "default": None}
+    else:
+        action = {"type": param.cli_type(), "metavar": _metavar(param)}
+    parser.add_argument(
+        "--" + param.name.replace("_", "-"), dest=_dest(param.name), help=_help(param), **action
+    )
+
+
+def _add_kind(kinds: argparse._SubParsersAction, spec: KindSpec, common: ArgumentParser) -> None:
+    """``atelier submit KIND``: required job ids, then the file fields, as positionals in
+    the spec's order; one option per other parameter."""
+    positionals = [p for p in spec.params if _positional(p)]
+    metavars = {f.name: METAVARS.get((spec.name, f.name), f.name.upper()) for f in spec.files}
+    synopsis = [p.name.upper() for p in positionals] + [
+        metavars[f.name] + ("…" if f.max_count > 1 else "") for f in spec.files
+    ]
+    parser = kinds.add_parser(
+        spec.name,
+        aliases=ALIASES.get(spec.name, ()),
+        parents=[common],
+        help=f"{spec.title}: {' '.join(synopsis)}".replace("%", "%%"),
+        description=spec.doc,
+    )
+    for param in positionals:
+        parser.add_argument(
+            _dest(param.name), metavar=param.name.upper(), type=param.cli_type(), help=param.doc
+        )
+    for upload in spec.files:
+        parser.add_argument(
+            _dest(upload.name),
+            metavar=metavars[upload.name],
+            type=Path,
+            help=upload.doc,
+            **_nargs(upload),
+        )
+    options = [p for p in spec.params if not _positional(p)]
+    for param in options:
+        if param.name not in CLIENT_OPTIONS:
+            _option(parser, param)
+    shadowed = [p.name for p in options if p.name in CLIENT_OPTIONS]
+    if shadowed:
+        parser.epilog = f"send {', '.join(shadowed)} with --param NAME=VALUE"
+    _submit_options(parser)
+    parser.set_defaults(func=run, client_func=_cmd_submit, submit_kind=spec.name)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -397,20 +484,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     common = _common()
     submit = sub.add_parser("submit", help="submit a job to a server over HTTP")
     kinds = submit.add_subparsers(dest="what", required=True)
-    for name, configure, help_text in (
-        ("style", _style_parser, "style transfer: CONTENT STYLE…"),
-        ("finetune", _finetune_parser, "fine-tune a classifier: ARCHIVE"),
-        ("predict", None, "label images with a fine-tuned model: MODEL IMAGE…"),
-    ):
-        parser = kinds.add_parser(name, parents=[common], help=help_text)
-        if configure:
-            configure(parser)
-        else:
-            parser.add_argument("model", help="id of a succeeded fine_tune job")
-            parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
-            parser.add_argument("--top-k", type=int)
-        _submit_options(parser)
-        parser.set_defaults(func=run, client_func=_cmd_submit)
+    load_modules(os.environ.get("ATELIER_KIND_MODULES"))
+    for spec in KINDS.values():
+        _add_kind(kinds, spec, common)
 
     status = sub.add_parser("status", parents=[common], help="a job's status and outputs")
     status.add_argument("id")

@@ -31,14 +31,15 @@ from shared.housekeeping import (
     sweep_orphan_files,
 )
 from shared.jobs import mark_enqueued
+from shared.kinds import load_modules
 from shared.models import Job
 from shared.queue import (
     CPU_QUEUE,
     GPU_QUEUE,
     NOTIFY_TASK,
-    QUEUE_FOR_KIND,
     RUN_JOB_TASK,
     celery_config,
+    queue_for,
 )
 from shared.quotas import lock_owner
 from shared.settings import Settings
@@ -80,14 +81,27 @@ def reap(settings: Settings, send: Send) -> None:
                 log.warning("could not queue the completed webhook of %s", job_id)
 
 
+def _queue(job_id: str, kind: str) -> str | None:
+    """The kind's queue, or None (logged) for a kind this process has no spec of: its
+    jobs wait until a dispatcher that loads the kind (ATELIER_KIND_MODULES) sends them."""
+    try:
+        return queue_for(kind)
+    except LookupError:
+        log.error("job %s has kind %r, which no loaded spec defines; it waits", job_id, kind)
+        return None
+
+
 def dispatch(settings: Settings, send: Send) -> int:
     """Publish queued rows the broker never took; returns how many were published."""
     with session_scope(settings.database_url) as session:
         pending = pending_dispatch(session)
     published = 0
     for job_id, kind in pending:
+        queue = _queue(job_id, kind)
+        if queue is None:
+            continue
         try:
-            send(RUN_JOB_TASK, [job_id], QUEUE_FOR_KIND.get(kind, "gpu"))
+            send(RUN_JOB_TASK, [job_id], queue)
         except Exception:
             log.warning("broker still unreachable; %d jobs wait", len(pending) - published)
             break
@@ -129,8 +143,11 @@ def republish_lost(settings: Settings, send: Send, *, older_than: float = 30.0) 
     present = _message_ids(client)
     lost = [(job_id, kind) for job_id, kind in waiting if job_id not in present]
     for job_id, kind in lost:
+        queue = _queue(job_id, kind)
+        if queue is None:
+            continue
         log.warning("job %s was queued but its message is gone; publishing it again", job_id)
-        send(RUN_JOB_TASK, [job_id], QUEUE_FOR_KIND.get(kind, GPU_QUEUE))
+        send(RUN_JOB_TASK, [job_id], queue)
         with session_scope(settings.database_url) as session:
             session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     return len(lost)
@@ -191,6 +208,9 @@ def sweep_once(
 
 
 def run_forever(settings: Settings, stop: threading.Event, interval: float = 2.0) -> None:
+    """Pass after pass until ``stop``. The deployment's own kinds (ATELIER_KIND_MODULES)
+    load first: publishing a job needs its kind's queue."""
+    load_modules(settings.kind_modules)
     send = make_sender(settings)
     last_slow = last_orphans = -math.inf  # both due on the first pass
     while not stop.wait(interval):

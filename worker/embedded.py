@@ -19,6 +19,7 @@ import redis
 
 from shared import migrate
 from shared.hosts import export_trusted_hosts
+from shared.kinds import load_modules
 from shared.settings import load_settings
 from worker.dispatcher import run_forever
 from worker.progress import HANDBACK_GRACE
@@ -162,6 +163,9 @@ def run_up(host: str, port: int) -> int:
     export_trusted_hosts(host, env)
     os.environ.update(env)
     settings = load_settings()
+    # the dispatcher thread routes the deployment's own kinds too; a module that does not
+    # import stops the launch here (the worker and web children load it from env as well)
+    load_modules(settings.kind_modules)
     stop = threading.Event()
     try:
         migrate.upgrade(settings.database_url)

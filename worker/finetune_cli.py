@@ -11,18 +11,34 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.archives import is_junk
 from shared.dataset_layout import plan_layout
 from shared.errors import InputError
-from shared.params_finetune import BACKBONES, SCHEDULES, STRATEGIES
+from shared.kinds.fine_tune import SPEC
 from worker.engines.errors import InvalidInput
-from worker.finetune_runner import load_dataset
-from worker.local_run import EXIT_INVALID_INPUT, ProgressBar, run_engine
+from worker.local_run import (
+    EXIT_INVALID_INPUT,
+    ProgressBar,
+    add_spec_options,
+    run_engine,
+    spec_values,
+)
+
+if TYPE_CHECKING:  # the engines (and torch) load only when a run starts
+    from worker.engines.datasets import ImageDataset
+    from worker.engines.finetune import FinetuneProgress
+
+PRECISIONS = ("auto", "fp32", "bf16")  # the engine's; torch-free here, a test keeps them equal
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options mirror the API's fine_tune fields; unset ones take the engine's defaults."""
+    """The fine_tune kind's options (from its spec) plus where and how to run here.
+
+    Options without a fixed default take the strategy's, which the engine resolves and
+    records in metrics.json.
+    """
     parser.add_argument("data", type=Path, help="dataset folder or .zip/.tar/.tar.gz")
     parser.add_argument(
         "-o",
@@ -31,43 +47,32 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=Path("finetune-out"),
         help="folder for model.pt, metrics.json, model_card.md",
     )
-    parser.add_argument("--backbone", choices=BACKBONES, default="vgg19")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="linear_probe")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--val-split", type=float, default=0.2)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    parser.add_argument("--early-stopping", type=int, help="patience in epochs, 0 = off")
-    parser.add_argument("--seed", type=int, default=0)
+    add_spec_options(parser, SPEC)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser  # fmt: skip
+    return parser
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``finetune`` on the ``atelier`` entry point's subparsers."""
     parser = subparsers.add_parser(
-        "finetune", help="fine-tune a classifier locally (no queue)",
+        "finetune",
+        help="fine-tune a classifier locally (no queue)",
         description="Transfer learning on an image-folder dataset, with a progress bar.",
-    )  # fmt: skip
+    )
     configure(parser)
     parser.set_defaults(func=run)
 
 
-def _describe(p) -> str:
+def _describe(p: FinetuneProgress) -> str:
     """The progress bar's text: stage, epoch, validation accuracy so far, time."""
     acc = f" val {p.val_accuracy:.3f}" if p.val_accuracy is not None else ""
     epoch = f" epoch {p.epoch}/{p.epochs}" if p.epoch else ""
     return f"{p.stage}{epoch}{acc} {p.elapsed:.1f}s"
 
 
-def _folder_dataset(root: Path):
+def _folder_dataset(root: Path) -> ImageDataset:
     """A directory read like an archive: regular files only, symlinks skipped."""
     from worker.engines.datasets import ImageDataset, LabeledImage
 
@@ -78,14 +83,17 @@ def _folder_dataset(root: Path):
     )
     layout = plan_layout(names)
 
-    def items(pairs):
+    def items(pairs: list[tuple[str, int]]) -> list[LabeledImage]:
         return [LabeledImage(path, label, (root / path).read_bytes()) for path, label in pairs]
 
     val = items(layout.val) if layout.val is not None else None
     return ImageDataset(layout.classes, items(layout.train), val)
 
 
-def _dataset(path: Path):
+def _dataset(path: Path) -> ImageDataset:
+    """A folder or an archive, read by the rules of an uploaded dataset."""
+    from worker.kinds.fine_tune import load_dataset
+
     try:
         if path.is_dir():
             return _folder_dataset(path)
@@ -96,21 +104,19 @@ def _dataset(path: Path):
 
 def run(args: argparse.Namespace) -> int:
     """Run the engine for parsed ``args``; returns a process exit code."""
-    from worker.engines.finetune import fine_tune
+    from worker.engines.finetune import FinetuneConfig, FinetuneResult, fine_tune
 
     if not args.data.exists():
         print(f"error (invalid_input): {args.data} does not exist", file=sys.stderr)
         return EXIT_INVALID_INPUT
-    params = {
-        "backbone": args.backbone, "strategy": args.strategy, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "image_size": args.image_size, "val_split": args.val_split, "augment": args.augment,
-        "label_smoothing": args.label_smoothing, "schedule": args.schedule,
-        "early_stopping": args.early_stopping, "seed": args.seed, "device": args.device,
-        "precision": args.precision,
-    }  # fmt: skip
-    callback = None if args.quiet else ProgressBar(_describe)
-    result, code = run_engine(lambda: fine_tune(_dataset(args.data), callback=callback, **params))
+    overrides = spec_values(args, SPEC)
+
+    def call() -> FinetuneResult:
+        config = FinetuneConfig.resolve(**overrides, device=args.device, precision=args.precision)
+        progress = None if args.quiet else ProgressBar(_describe)
+        return fine_tune(_dataset(args.data), config, on_progress=progress)
+
+    result, code = run_engine(call)
     if result is None:
         return code
     args.output.mkdir(parents=True, exist_ok=True)

@@ -210,8 +210,11 @@ class Heartbeat:
                 with session_scope(self.settings.database_url) as session:
                     touch_running(session, self.fence)
             except Superseded:
-                log.warning("job %s attempt %d: heartbeat refused, the job moved on",
-                            self.fence.job_id, self.fence.attempt)  # fmt: skip
+                log.warning(
+                    "job %s attempt %d: heartbeat refused, the job moved on",
+                    self.fence.job_id,
+                    self.fence.attempt,
+                )
                 return
             except Exception:  # a missed beat is retried; the reaper's timeout has slack
                 log.warning("heartbeat of %s failed", self.fence.job_id, exc_info=True)

@@ -1,75 +1,41 @@
-"""Runs one job row from claim to terminal state. Celery-free, so tests can call it directly.
+"""Runs one job row of any kind from claim to terminal state. Celery-free, so tests (and
+``worker.tasks``) call it directly.
 
-claim (queued→starting, returns the fence) → load inputs → processing → engine with
-progress → store outputs under the attempt's prefix → succeeded; every exit path ends
-in exactly one terminal state or, when the job was taken elsewhere (Superseded), touches
-nothing more and deletes this attempt's files; a drain that ran out hands it back.
+claim (queued→starting, returns the fence) → the job's row as a RunContext → the kind's
+runner (worker/kinds/), which loads its inputs, marks the job processing, runs its
+engine with progress and stores its outputs → their rows → succeeded. Every exit path
+ends in exactly one terminal state or, when the job was taken elsewhere (Superseded),
+touches nothing more and deletes this attempt's files; a drain that ran out hands it
+back. Nothing here knows a kind: what to tell a person when a kind's job runs out of
+memory or time comes from its runner (``KindRunner``).
 """
 
 from __future__ import annotations
 
 import gc
-import io
-import json
 import logging
 import sys
-import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import states
 from shared.db import session_scope
-from shared.errors import InputError
-from shared.images import load_rgb
-from shared.jobs import attempt_prefix
+from shared.jobs import OUTPUT_ROLES, attempt_prefix
+from shared.kinds import load_modules
 from shared.models import Job
 from shared.settings import Settings, get_settings
-from shared.storage import Storage, job_key, open_storage
+from shared.storage import Storage, open_storage
 from shared.timeutil import utcnow
 from worker import webhooks
-from worker.engines.errors import Canceled, EngineError, InvalidInput
-from worker.finetune_runner import run_fine_tune, run_predict
-from worker.progress import (
-    Drained,
-    Heartbeat,
-    ProgressReporter,
-    mark_processing,
-    record_outputs,
-    save_preview,
-    save_thumbnail,
-    store_output,
-)
+from worker.engines.errors import Canceled, EngineError
+from worker.kinds import DEFAULT_HINT, RunContext, runner_for
+from worker.progress import Drained, Heartbeat, record_outputs
 
 log = logging.getLogger(__name__)
 
-OUTPUT_ROLES = frozenset({"result", "preview", "thumbnail"})
-OUTPUT_TYPES = {
-    "png": ("PNG", "image/png"),
-    "jpeg": ("JPEG", "image/jpeg"),
-    "webp": ("WEBP", "image/webp"),
-}
-ENGINE_PARAMS = (
-    "size", "iterations", "preset", "strength", "style_weights", "content_weight",
-    "style_weight", "tv_weight", "optimizer", "init", "pooling", "preserve_color",
-    "style_scale", "multiscale", "seed", "weights", "content_layer", "style_layers",
-    "style_layer_weights",
-)  # fmt: skip
-
-
-def preload() -> None:
-    """Warm the default network in a fresh worker child."""
-    import torch
-
-    from worker.engines.weights import load_vgg19, weights_identity
-
-    device = get_settings().device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    load_vgg19("original", "max", device)
-    weights_identity("original")
+# roles of the files a worker writes (the rest of a job's files are its inputs)
 
 
 def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> str | None:
@@ -81,6 +47,7 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
     sends it once however many workers touched it.
     """
     settings = settings or get_settings()
+    load_modules(settings.kind_modules)  # a no-op after the worker's start-up loaded them
     with session_scope(settings.database_url) as session:
         fence = states.claim(session, job_id, worker)
     if fence is None:
@@ -107,21 +74,23 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
 
 
 def _run_claimed(fence: states.Fence, settings: Settings, storage: Storage) -> str:
-    """Inputs → engine → outputs → the terminal state, for a claimed job.
+    """The kind's runner → its outputs' rows → the terminal state, for a claimed job.
 
     Every failure becomes a terminal state through a fenced transition, which raises
     Superseded when another attempt owns the job by then (as do the writes on the way).
     """
-    job_id, worker = fence.job_id, fence.worker
-    kind, oom = None, False
+    worker, kind, oom = fence.worker, None, False
     try:
-        with session_scope(settings.database_url) as session:
-            job = session.get(Job, job_id)
-            kind, params = job.kind, dict(job.params)
-            inputs = [(f.role, f.name) for f in job.files if f.role not in OUTPUT_ROLES]
-        run = KIND_RUNNERS[kind]
+        ctx = _context(fence, settings, storage)
+        kind = ctx.kind
+        runner = runner_for(kind)
+        if runner is None:
+            log.error("job %s: no runner for kind %r on this worker", fence.job_id, kind)
+            return _fail(settings, fence, "internal", _no_runner_message(kind, worker))
         with Heartbeat(settings, fence):
-            metrics = run(fence, params, inputs, settings, storage)
+            metrics = runner.run(ctx)
+            if ctx.outputs:
+                record_outputs(settings, fence, ctx.outputs)
         status = _finish(settings, fence, metrics)
     except (states.Superseded, Drained):
         raise
@@ -137,18 +106,30 @@ def _run_claimed(fence: states.Fence, settings: Settings, storage: Storage) -> s
             else _internal(settings, fence, worker, exc)
         )
     except SoftTimeLimitExceeded:
-        status = _fail(
-            settings,
-            fence,
-            "timeout",
-            f"the job ran past the {settings.soft_time_limit} s limit; "
-            "lower size or iterations, or raise ATELIER_SOFT_TIME_LIMIT",
-        )
+        status = _fail(settings, fence, "timeout", timeout_message(kind, settings))
     except Exception as exc:
         status = _internal(settings, fence, worker, exc)
     if oom:
         release_memory()  # here, once the except clause has dropped the traceback's tensors
     return status
+
+
+def _context(fence: states.Fence, settings: Settings, storage: Storage) -> RunContext:
+    """The job's kind, recorded params and input files, for its runner."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, fence.job_id)
+        inputs: dict[str, list[str]] = {}
+        for item in job.files:
+            if item.attempt is None and item.role not in OUTPUT_ROLES:
+                inputs.setdefault(item.role, []).append(item.name)
+        return RunContext(fence, job.kind, dict(job.params), inputs, settings, storage)
+
+
+def _no_runner_message(kind: str, worker: str) -> str:
+    return (
+        f"the worker {worker} has no runner for job kind {kind!r}; the module that "
+        "registers it must be in that worker's ATELIER_KIND_MODULES"
+    )
 
 
 def _discard(storage: Storage, fence: states.Fence) -> None:
@@ -157,8 +138,12 @@ def _discard(storage: Storage, fence: states.Fence) -> None:
     try:
         storage.delete_prefix(attempt_prefix(fence.job_id, fence.attempt))
     except Exception:
-        log.warning("could not delete the files of job %s attempt %d", fence.job_id,
-                    fence.attempt, exc_info=True)  # fmt: skip
+        log.warning(
+            "could not delete the files of job %s attempt %d",
+            fence.job_id,
+            fence.attempt,
+            exc_info=True,
+        )
 
 
 def _ended_on_this_attempt(settings: Settings, fence: states.Fence) -> bool:
@@ -192,8 +177,11 @@ def _hand_back(settings: Settings, storage: Storage, fence: states.Fence) -> str
     with session_scope(settings.database_url) as session:
         moved = states.hand_back(session, fence)
     if not moved:
-        log.warning("job %s attempt %d was taken over before it could be handed back",
-                    fence.job_id, fence.attempt)  # fmt: skip
+        log.warning(
+            "job %s attempt %d was taken over before it could be handed back",
+            fence.job_id,
+            fence.attempt,
+        )
         return None
     log.warning("job %s handed back to the queue: the worker is shutting down", fence.job_id)
     return states.QUEUED
@@ -213,11 +201,18 @@ def _internal(settings: Settings, fence: states.Fence, worker: str, exc: BaseExc
 # What PyTorch's allocators say when an allocation fails (CPU: c10's DefaultCPUAllocator;
 # CUDA and other devices raise torch.OutOfMemoryError, a RuntimeError, or say so).
 ALLOCATION_FAILURES = ("out of memory", "can't allocate memory", "cannot allocate memory")
-OUT_OF_MEMORY_HINTS = {
-    "style_transfer": "choose a smaller size, fewer style images or a smaller style_scale",
-    "fine_tune": "choose a smaller image_size or batch_size, or a smaller backbone",
-    "predict": "send fewer or smaller images per job",
-}
+
+
+def _hints(kind: str | None) -> tuple[str, str]:
+    """The kind runner's (out of memory, timeout) hints; the generic one when the kind
+    is unknown or its runner cannot even be loaded (this runs on the way to failing)."""
+    try:
+        runner = runner_for(kind) if kind else None
+    except Exception:
+        runner = None
+    if runner is None:
+        return DEFAULT_HINT, DEFAULT_HINT
+    return runner.out_of_memory_hint, runner.timeout_hint
 
 
 def is_allocation_failure(exc: BaseException) -> bool:
@@ -236,10 +231,18 @@ def out_of_memory_message(kind: str | None, exc: BaseException) -> str:
     """What ran out and what to change, for ``job.error.message``."""
     lines = str(exc).strip().splitlines()
     detail = lines[0].split("DefaultCPUAllocator: ")[-1][:300] if lines else type(exc).__name__
-    hint = OUT_OF_MEMORY_HINTS.get(kind or "", "make the job smaller")
+    hint = _hints(kind)[0]
     return (
         f"the worker ran out of memory running this job ({detail}); {hint}, or retry when "
         "the worker is less busy"
+    )
+
+
+def timeout_message(kind: str | None, settings: Settings) -> str:
+    """What to change when the job ran past ATELIER_SOFT_TIME_LIMIT."""
+    return (
+        f"the job ran past the {settings.soft_time_limit} s limit; {_hints(kind)[1]}, "
+        "or raise ATELIER_SOFT_TIME_LIMIT"
     )
 
 
@@ -309,82 +312,3 @@ def _finish(settings: Settings, fence: states.Fence, metrics: dict[str, Any]) ->
             "preview_step": total,
         },
     )
-
-
-def run_style_transfer(
-    fence: states.Fence,
-    params: dict[str, Any],
-    inputs: list[tuple[str, str]],
-    settings: Settings,
-    storage: Storage,
-) -> dict[str, Any]:
-    """Load the images, run the style engine with progress, store result + preview."""
-    from worker.engines.style_transfer import StyleProgress, stylize
-
-    job_id = fence.job_id
-
-    def read(role: str, name: str):
-        """The full decode (the submit read only the header): bounds, then pixels."""
-        with storage.open(job_key(job_id, name)) as handle:
-            data = handle.read()
-        try:
-            return load_rgb(
-                data,
-                field=role,
-                max_pixels=settings.max_pixels,
-                max_aspect_ratio=settings.max_aspect_ratio,
-            )
-        except InputError as exc:
-            raise InvalidInput(exc.message, role) from None
-
-    content = read(*next((role, name) for role, name in inputs if role == "content"))
-    styles = [read(role, name) for role, name in inputs if role == "style"]
-    mark_processing(settings, fence)
-    reporter = ProgressReporter(fence, settings, storage)
-
-    def on_progress(progress: StyleProgress) -> None:
-        reporter.report(
-            current=progress.step,
-            total=progress.total,
-            stage=f"scale {progress.scale}/{progress.scales}",
-            loss=lambda: progress.loss,  # read (a GPU sync) only when a report is written
-            image=progress.image,
-        )
-
-    engine_args = {k: params[k] for k in ENGINE_PARAMS if k in params}
-    started = time.monotonic()
-    result = stylize(content, styles, device=settings.device, callback=on_progress, **engine_args)
-    fmt, content_type = OUTPUT_TYPES[params.get("output_format", "png")]
-    buffer = io.BytesIO()
-    result.image.save(buffer, fmt)
-    extension = "jpg" if fmt == "JPEG" else fmt.lower()
-    engine_metrics = {
-        **result.metrics,
-        "seed": result.seed,
-        "engine_seconds": round(time.monotonic() - started, 3),
-    }
-    outputs = [
-        store_output(storage, fence, f"result.{extension}", buffer.getvalue(), content_type),
-        store_output(
-            storage,
-            fence,
-            "metrics.json",
-            json.dumps(engine_metrics, indent=2, default=str).encode(),
-            "application/json",
-        ),
-        save_preview(storage, fence, result.image),
-        save_thumbnail(storage, fence, result.image),
-    ]
-    record_outputs(settings, fence, outputs)
-    return {
-        "device": result.metrics.get("device"),
-        "seed": result.seed,
-        "losses": result.metrics.get("losses"),
-    }
-
-
-KIND_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "style_transfer": run_style_transfer,
-    "fine_tune": run_fine_tune,
-    "predict": run_predict,
-}

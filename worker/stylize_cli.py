@@ -1,8 +1,10 @@
 """``atelier stylize``: run the style engine locally, no queue, with a progress bar.
 
-Every option's default comes from ``worker.engines.params`` so the CLI, the web form and
-the engine cannot drift apart.  ``python -m worker.stylize_cli`` runs it standalone
-(benchmarks use that to time a whole job in a fresh process).
+Its job options are built from the kind's spec (shared/kinds/style_transfer.py), the
+table the web form and the API read, so the CLI, the server and the engine cannot drift
+apart; the rest (device, precision, output paths) are about this machine.  ``python -m
+worker.stylize_cli`` runs it standalone (benchmarks use that to time a whole job in a
+fresh process).
 """
 
 from __future__ import annotations
@@ -14,91 +16,32 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from worker.engines.params import (
-    DEFAULTS,
-    INITS,
-    OPTIMIZERS,
-    PRESERVE_COLORS,
-    PRESETS,
+from shared.kinds.style_transfer import SPEC
+from worker.engines.style_transfer import (
+    PRECISIONS,
+    StyleParams,
+    StyleProgress,
+    StyleResult,
+    stylize,
 )
-from worker.engines.style_transfer import PRECISIONS, StyleProgress, stylize
-from worker.engines.weights import POOLINGS, RELU_LAYERS, SOURCES
-from worker.local_run import EXIT_INVALID_INPUT, ProgressBar, run_engine
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+from worker.local_run import (
+    EXIT_INVALID_INPUT,
+    ProgressBar,
+    add_spec_options,
+    run_engine,
+    spec_values,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the stylize options to ``parser`` (shared by the subcommand and ``main``)."""
-    d = DEFAULTS
     parser.add_argument("content", type=Path, help="content image")
     parser.add_argument("styles", type=Path, nargs="+", metavar="STYLE", help="style image(s)")
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output image (format from the extension)"
     )
-    parser.add_argument("--size", type=int, default=d.size, help="long side of the output, px")
-    parser.add_argument(
-        "--iterations",
-        type=int,
-        default=None,
-        help="total optimiser steps over all scales (default: from preset)",
-    )
-    parser.add_argument("--preset", choices=tuple(PRESETS), default=d.preset)
-    parser.add_argument(
-        "--strength",
-        type=float,
-        default=d.strength,
-        help="0 = content, 1 = style; size-independent",
-    )
-    parser.add_argument(
-        "--style-weights",
-        type=_floats,
-        default=None,
-        metavar="W1,W2,...",
-        help="blend weights, one per style (normalised)",
-    )
-    parser.add_argument("--content-weight", type=float, default=None, help="expert override")
-    parser.add_argument("--style-weight", type=float, default=None, help="expert override")
-    parser.add_argument("--tv-weight", type=float, default=None, help="expert override")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    parser.add_argument("--init", choices=INITS, default=d.init)
-    parser.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
-    parser.add_argument("--preserve-color", choices=PRESERVE_COLORS, default=d.preserve_color)
-    parser.add_argument("--style-scale", type=float, default=d.style_scale)
-    parser.add_argument("--content-layer", choices=RELU_LAYERS, default=d.content_layer)
-    parser.add_argument(
-        "--style-layers",
-        type=_names,
-        default=d.style_layers,
-        metavar="L1,L2,...",
-        help=f"VGG19 layers of the style loss (default: {','.join(d.style_layers)})",
-    )
-    parser.add_argument(
-        "--style-layer-weights",
-        type=_floats,
-        default=None,
-        metavar="W1,W2,...",
-        help="one weight per style layer (normalised; default equal)",
-    )
-    parser.add_argument(
-        "--no-multiscale",
-        dest="multiscale",
-        action="store_false",
-        default=d.multiscale,
-        help="optimise at the output size only",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="default: random, recorded")
-    parser.add_argument("--weights", choices=SOURCES, default=d.weights)
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    add_spec_options(parser, SPEC)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -145,34 +88,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnidentifiedImageError) as exc:
         print(f"error (invalid_input): cannot read image: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
-    result, code = run_engine(
-        lambda: stylize(
-            content,
-            styles,
-            size=args.size,
-            iterations=args.iterations,
-            preset=args.preset,
-            strength=args.strength,
-            style_weights=args.style_weights,
-            content_weight=args.content_weight,
-            style_weight=args.style_weight,
-            tv_weight=args.tv_weight,
-            optimizer=args.optimizer,
-            init=args.init,
-            pooling=args.pooling,
-            preserve_color=args.preserve_color,
-            style_scale=args.style_scale,
-            content_layer=args.content_layer,
-            style_layers=args.style_layers,
-            style_layer_weights=args.style_layer_weights,
-            multiscale=args.multiscale,
-            seed=args.seed,
-            weights=args.weights,
-            device=args.device,
-            precision=args.precision,
-            callback=None if args.quiet else ProgressBar(_describe),
-        )
-    )
+    overrides = spec_values(args, SPEC)
+
+    def call() -> StyleResult:
+        params = StyleParams.resolve(len(styles), device=args.device, **overrides)
+        progress = None if args.quiet else ProgressBar(_describe)
+        return stylize(content, styles, params, on_progress=progress, precision=args.precision)
+
+    result, code = run_engine(call)
     if result is None:
         return code
     args.output.parent.mkdir(parents=True, exist_ok=True)

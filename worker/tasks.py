@@ -13,10 +13,9 @@ from shared.jobs import mark_enqueued
 from shared.models import Job
 from shared.queue import (
     DELIVER_WEBHOOK_TASK,
-    GPU_QUEUE,
     NOTIFY_TASK,
-    QUEUE_FOR_KIND,
     RUN_JOB_TASK,
+    queue_for,
 )
 from shared.settings import get_settings
 from worker import webhooks
@@ -48,13 +47,14 @@ def publish_again(celery: Celery, job_id: str) -> None:
     try:
         with session_scope(settings.database_url) as session:
             kind = session.scalar(select(Job.kind).where(Job.id == job_id))
-        queue = QUEUE_FOR_KIND.get(kind or "", GPU_QUEUE)
+        queue = queue_for(kind or "")
         celery.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, task_id=job_id, retry=False)
         with session_scope(settings.database_url) as session:
             mark_enqueued(session, job_id)
     except Exception:
-        log.warning("could not publish handed-back job %s; the dispatcher will", job_id,
-                    exc_info=True)  # fmt: skip
+        log.warning(
+            "could not publish handed-back job %s; the dispatcher will", job_id, exc_info=True
+        )
 
 
 @app.task(name=NOTIFY_TASK)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from celery import Celery
+
+from shared.queue import celery_config
 from shared.settings import Settings
 from shared.webhooks import DEADLINE, FAILED, deliver, enqueue
 
@@ -25,17 +28,28 @@ TASK_TIME_LIMIT = TASK_SOFT_TIME_LIMIT + 15
 def notify(settings: Settings, job_id: str, event: str) -> None:
     """Queue ``event``'s delivery on the cpu queue if the job asked for it; retries are
     the delivery task's own."""
-    enqueue(settings, _WorkerApp(), job_id, event)
+    enqueue(settings, sender(settings), job_id, event)
 
 
-class _WorkerApp:
-    """The worker's Celery app, imported only when a delivery is really queued: the app's
-    module includes worker.tasks, and a job without a webhook needs no broker at all."""
+_senders: dict[str, Celery] = {}
 
-    def send_task(self, *args: object, **kwargs: object) -> object:
-        from worker.celery_app import app
 
-        return app.send_task(*args, **kwargs)
+def sender(settings: Settings) -> Celery:
+    """A Celery client that publishes tasks by name, one per broker, made on first use.
+
+    Not the worker's app (worker.celery_app): that module includes worker.tasks, which
+    imports the runner, which sends webhooks, so using it here made an import cycle.
+    Like the web's client it fails fast when Redis is down: a job's thread never waits
+    on a webhook.
+    """
+    client = _senders.get(settings.broker_url)
+    if client is None:
+        client = Celery("atelier-webhooks", set_as_current=False)
+        client.conf.update(celery_config(settings))
+        client.conf.broker_connection_timeout = 2
+        client.conf.broker_connection_max_retries = 0
+        client = _senders.setdefault(settings.broker_url, client)
+    return client
 
 
 def backoff(tries: int) -> float:

@@ -23,8 +23,9 @@ def submit(base: str, kind: str, files, **fields) -> requests.Response:
 def test_fine_tune_then_predict(live_server, e2e_worker):
     data = shape_files(16, seed=7)
     archive = make_tar(data, gz=True)
-    response = submit(live_server, "fine_tune", {"dataset": ("shapes.tar.gz", archive)},
-                      image_size=48, seed=11)  # fmt: skip
+    response = submit(
+        live_server, "fine_tune", {"dataset": ("shapes.tar.gz", archive)}, image_size=48, seed=11
+    )
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["params"]["backbone"] == "vgg19" and job["params"]["strategy"] == "linear_probe"
@@ -48,8 +49,9 @@ def test_fine_tune_then_predict(live_server, e2e_worker):
     page = requests.get(f"{live_server}/jobs/{job['id']}", timeout=10).text
     assert 'id="confusion"' in page and "discs" in page and "<svg" in page  # the real job's page
 
-    images = [("image", (f"my photo {i}.png", data[f"squares/00{i}.png"], "image/png"))
-              for i in range(3)]  # fmt: skip
+    images = [
+        ("image", (f"my photo {i}.png", data[f"squares/00{i}.png"], "image/png")) for i in range(3)
+    ]
     response = submit(live_server, "predict", images, model=job["id"], top_k=2)
     assert response.status_code == 202, response.text
     predicted = poll(live_server, response.json()["id"], timeout=120)
@@ -69,8 +71,9 @@ def test_fine_tune_then_predict(live_server, e2e_worker):
 
 def test_unreadable_images_fail_with_invalid_input(live_server, e2e_worker):
     broken = {name: b"\x89PNG\r\n\x1a\n but not really" for name in shape_files(6)}
-    response = submit(live_server, "fine_tune", {"dataset": ("bad.zip", make_zip(broken))},
-                      image_size=32)  # fmt: skip
+    response = submit(
+        live_server, "fine_tune", {"dataset": ("bad.zip", make_zip(broken))}, image_size=32
+    )
     assert response.status_code == 202, response.text
     done = poll(live_server, response.json()["id"], timeout=120)
     assert done["status"] == "failed"
@@ -81,8 +84,15 @@ def test_unreadable_images_fail_with_invalid_input(live_server, e2e_worker):
 
 def test_cancel_running_fine_tune_and_predict_on_it_is_refused(live_server, e2e_worker):
     archive = make_zip(shape_files(20, seed=3))
-    response = submit(live_server, "fine_tune", {"dataset": ("d.zip", archive)},
-                      strategy="full", image_size=64, epochs=200, early_stopping=0)  # fmt: skip
+    response = submit(
+        live_server,
+        "fine_tune",
+        {"dataset": ("d.zip", archive)},
+        strategy="full",
+        image_size=64,
+        epochs=200,
+        early_stopping=0,
+    )
     job = response.json()
     poll(live_server, job["id"], until={"processing"} | TERMINAL, timeout=120)
     refused = submit(live_server, "predict", [("image", ("x.png", archive[:10]))], model=job["id"])

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 from PIL import Image
+
+from worker.engines.style_transfer import StyleParams, StyleProgress, StyleResult, stylize
 
 
 def make_content(width: int = 64, height: int = 48) -> Image.Image:
@@ -53,3 +58,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_style(
+    content: Image.Image,
+    styles: list[Image.Image],
+    on_progress: Callable[[StyleProgress], None] | None = None,
+    precision: str = "auto",
+    **overrides: Any,
+) -> StyleResult:
+    """``stylize`` with params resolved from keywords, as a job's runner does."""
+    params = StyleParams.resolve(len(styles), **overrides)
+    return stylize(content, styles, params, on_progress=on_progress, precision=precision)

@@ -11,7 +11,18 @@ from tests.finetune_data import CLASSES, make_zip, shape_files
 from worker.engines import backbones
 from worker.engines.datasets import ImageDataset, LabeledImage, split
 from worker.engines.errors import Canceled, InvalidInput, WeightsUnavailable
-from worker.engines.finetune import FinetuneProgress, fine_tune, load_model
+from worker.engines.finetune import (
+    FinetuneConfig,
+    FinetuneProgress,
+    FinetuneResult,
+    fine_tune,
+    load_model,
+)
+
+
+def _train(data: ImageDataset, on_progress=None, **overrides) -> FinetuneResult:
+    """``fine_tune`` with a config resolved from keywords, as a job's runner does."""
+    return fine_tune(data, FinetuneConfig.resolve(**overrides), on_progress=on_progress)
 
 
 def _dataset(per_class: int = 16, seed: int = 0, broken: int = 0) -> ImageDataset:
@@ -26,7 +37,7 @@ def _dataset(per_class: int = 16, seed: int = 0, broken: int = 0) -> ImageDatase
 def probe():
     torch.set_num_threads(1)
     seen: list[FinetuneProgress] = []
-    result = fine_tune(_dataset(), image_size=48, seed=3, callback=seen.append)
+    result = _train(_dataset(), seen.append, image_size=48, seed=3)
     return result, seen
 
 
@@ -59,9 +70,23 @@ def test_progress_reaches_the_end_and_caches_features_once(probe):
     first_head = stages.index("training head")
     assert "computing features" not in stages[first_head:]  # epochs reuse the cached features
     assert stages.count("training head") >= 10
-    assert [p.step for p in seen] == sorted(p.step for p in seen)
-    assert seen[-1].step == seen[-1].total or seen[-1].step <= seen[-1].total
     assert any(p.val_accuracy is not None for p in seen)
+    assert_progress_counts_work_done(seen)
+    assert stages.count("decoding images") == 32  # one unit per image
+    # A linear probe's units are all single ones: every report that moved moved by one.
+    moves = [b.step - a.step for a, b in zip(seen, seen[1:], strict=False)]
+    assert set(moves) <= {0, 1} and seen[0].step == 1
+
+
+def assert_progress_counts_work_done(seen: list[FinetuneProgress]) -> None:
+    """Steps only grow, never pass the total; the total is planned up front and only ever
+    trimmed (unreadable images, early stopping); the last report is the end."""
+    assert seen
+    assert all(p.step <= p.total for p in seen)
+    steps, totals = [p.step for p in seen], [p.total for p in seen]
+    assert steps == sorted(steps)
+    assert totals == sorted(totals, reverse=True)
+    assert seen[-1].step == seen[-1].total
 
 
 def test_checkpoint_reload_gives_the_same_predictions(probe):
@@ -78,15 +103,15 @@ def test_checkpoint_reload_gives_the_same_predictions(probe):
 
 
 def test_unreadable_images_are_counted_not_fatal():
-    result = fine_tune(_dataset(broken=2), image_size=32, epochs=3, seed=1)
+    result = _train(_dataset(broken=2), image_size=32, epochs=3, seed=1)
     assert result.metrics["dataset"]["unreadable"] == 2
-    assert {u["name"] for u in result.metrics["dataset"]["unreadable_files"]} == {
-        "discs/000.png", "discs/002.png"}  # fmt: skip
+    names = {u["name"] for u in result.metrics["dataset"]["unreadable_files"]}
+    assert names == {"discs/000.png", "discs/002.png"}
 
 
 def test_too_many_unreadable_images_fail_with_invalid_input():
     with pytest.raises(InvalidInput, match="could not be read"):
-        fine_tune(_dataset(per_class=8, broken=4), image_size=32, epochs=1)
+        _train(_dataset(per_class=8, broken=4), image_size=32, epochs=1, seed=0)
 
 
 def test_cancel_stops_within_a_batch():
@@ -98,7 +123,7 @@ def test_cancel_stops_within_a_batch():
             raise Canceled("cancel requested")
 
     with pytest.raises(Canceled):
-        fine_tune(_dataset(), image_size=32, callback=cancel_on_features)
+        _train(_dataset(), cancel_on_features, image_size=32, seed=0)
     assert calls.count("computing features") == 1
 
 
@@ -106,9 +131,14 @@ def test_cancel_stops_within_a_batch():
 def test_full_and_gradual_train_the_backbone(strategy):
     torch.set_num_threads(1)
     data = _dataset(per_class=10, seed=2)
-    result = fine_tune(data, strategy=strategy, image_size=32, epochs=1, batch_size=8, seed=0)
+    seen: list[FinetuneProgress] = []
+    result = _train(
+        data, seen.append, strategy=strategy, image_size=32, epochs=1, batch_size=8, seed=0
+    )
     phases = [e["phase"] for e in result.metrics["epochs"]]
     assert phases[-1] == strategy and "head" in phases
+    assert_progress_counts_work_done(seen)
+    assert {"validating", "computing features"} <= {p.stage for p in seen}
     state = torch.load(__import__("io").BytesIO(result.checkpoint), weights_only=True)
     assert state["backbone_state"] is not None  # the trained backbone travels with the head
     model = load_model(result.checkpoint)
@@ -121,7 +151,7 @@ def test_full_and_gradual_train_the_backbone(strategy):
 def test_missing_torchvision_weights_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(WeightsUnavailable, match=r"resnet18-[0-9a-f]+\.pth"):
-        fine_tune(_dataset(per_class=6), backbone="resnet18", image_size=32, epochs=1)
+        _train(_dataset(per_class=6), backbone="resnet18", image_size=32, epochs=1, seed=0)
 
 
 def test_torchvision_backbone_from_the_hub_cache(tmp_path, monkeypatch):
@@ -132,7 +162,7 @@ def test_torchvision_backbone_from_the_hub_cache(tmp_path, monkeypatch):
     path = backbones.torchvision_weights_file("resnet18")
     path.parent.mkdir(parents=True)
     torch.save(get_model("resnet18", weights=None).state_dict(), path)
-    result = fine_tune(_dataset(per_class=6), backbone="resnet18", image_size=32, epochs=2)
+    result = _train(_dataset(per_class=6), backbone="resnet18", image_size=32, epochs=2, seed=0)
     state = torch.load(__import__("io").BytesIO(result.checkpoint), weights_only=True)
     assert state["backbone"] == "resnet18" and state["preprocessing"]["channels"] == "RGB"
     assert state["backbone_weights"]["file"] == path.name
@@ -157,8 +187,8 @@ def test_cli_runs_on_a_folder_and_an_archive(tmp_path, capsys):
     (tmp_path / "data.zip").write_bytes(make_zip(files))
     for source in ("data", "data.zip"):
         out = tmp_path / f"out-{source}"
-        code = main(["finetune", str(tmp_path / source), "--image-size", "32", "--epochs", "3",
-                     "-o", str(out)])  # fmt: skip
+        argv = ["finetune", str(tmp_path / source), "--image-size", "32", "--epochs", "3"]
+        code = main([*argv, "--seed", "0", "-o", str(out)])
         assert code == 0
         assert {p.name for p in out.iterdir()} == {"model.pt", "metrics.json", "model_card.md"}
     err = capsys.readouterr().err

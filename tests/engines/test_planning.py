@@ -7,7 +7,8 @@ import pytest
 from worker.engines import planning
 from worker.engines.errors import OutOfMemory
 from worker.engines.params import PRESETS
-from worker.engines.style_transfer import stylize
+
+from .conftest import run_style
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,7 @@ def test_sizes_the_device_cannot_hold_are_refused_up_front(monkeypatch, content,
     monkeypatch.setattr(planning, "available_bytes", lambda device: 200 * 2**20)
     calls = []
     with pytest.raises(OutOfMemory) as info:
-        stylize(content, [style], size=2048, device="cpu", callback=calls.append)
+        run_style(content, [style], calls.append, size=2048, device="cpu")
     assert info.value.code == "out_of_memory"
     assert "size <=" in str(info.value)
     assert calls == []  # refused before the first step

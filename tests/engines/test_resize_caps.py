@@ -22,9 +22,9 @@ from worker.engines import datasets as ds
 from worker.engines import imaging, style_transfer
 from worker.engines.errors import InvalidInput
 from worker.engines.finetune import FineTunedModel
-from worker.finetune_runner import predict_chunk
+from worker.kinds.predict import predict_chunk
 
-from .conftest import make_style
+from .conftest import make_style, run_style
 
 RATIO = Settings.max_aspect_ratio
 
@@ -113,14 +113,15 @@ def test_corrupt_headers_are_listed_as_unreadable_by_fine_tune_and_predict():
     items = [ds.LabeledImage(n, CLASSES.index(n.split("/")[0]), d) for n, d in files.items()]
     bad = {f"discs/{name}": make() for name, make in CORRUPT_HEADERS.items()}
     items += [ds.LabeledImage(n, 0, d) for n, d in bad.items()]
-    decoded = ds.decode_all(ds.ImageDataset(list(CLASSES), items), image_size=32, val_split=0.25,
-                            seed=0)  # fmt: skip
+    dataset = ds.ImageDataset(list(CLASSES), items)
+    decoded = ds.decode_all(dataset, image_size=32, val_split=0.25, seed=0)
     assert {u["name"] for u in decoded.unreadable} == set(bad)
     assert sorted(decoded.train.names + decoded.val.names) == sorted(files)
 
     torch.manual_seed(0)
-    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                               torch.nn.Linear(3, len(CLASSES)))  # fmt: skip
+    head = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, len(CLASSES))
+    )
     model = FineTunedModel(head, list(CLASSES), 32, "cpu", "fp32", {})
     chunk = [("good.png", files["discs/000.png"]), *bad.items()]
     rows = predict_chunk(model, chunk, 2, ds.DEFAULT_LIMITS)
@@ -140,10 +141,6 @@ def test_a_style_is_lengthened_for_vgg_but_never_without_bound():
 
 def test_stylize_refuses_extreme_images_instead_of_allocating(content):
     with pytest.raises(InvalidInput, match="crop the content"):
-        style_transfer.stylize(
-            Image.new("RGB", (100_000, 2)), [make_style()], size=64, device="cpu"
-        )
+        run_style(Image.new("RGB", (100_000, 2)), [make_style()], size=64, device="cpu")
     with pytest.raises(InvalidInput, match="too elongated"):
-        style_transfer.stylize(
-            content, [Image.new("RGB", (2, 100_000))], size=64, iterations=2, device="cpu"
-        )
+        run_style(content, [Image.new("RGB", (2, 100_000))], size=64, iterations=2, device="cpu")

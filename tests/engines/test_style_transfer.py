@@ -7,13 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.kinds.style_transfer import SPEC
 from worker.engines import imaging
 from worker.engines.errors import Canceled, InvalidInput
 from worker.engines.losses import ALL_LAYERS, STYLE_LAYERS, gram
-from worker.engines.style_transfer import StyleProgress, stylize
+from worker.engines.params import weights_for_strength
+from worker.engines.style_transfer import StyleParams, StyleProgress, stylize
 from worker.engines.weights import load_vgg19
 
-from .conftest import make_content
+from .conftest import make_content, run_style
 
 FAST = {"iterations": 6, "seed": 1, "device": "cpu"}
 
@@ -52,7 +54,7 @@ def test_output_has_exactly_the_requested_size(mode, src_size, size, multiscale,
         content = content.convert("P", palette=Image.Palette.ADAPTIVE)
     else:
         content = content.convert(mode)
-    result = stylize(
+    result = run_style(
         content,
         [style.convert(mode if mode != "I;16" else "L")],
         size=size,
@@ -68,7 +70,7 @@ def test_output_has_exactly_the_requested_size(mode, src_size, size, multiscale,
 
 
 def test_result_moves_away_from_content_and_toward_style(content, style):
-    result = stylize(
+    result = run_style(
         content,
         [style],
         size=64,
@@ -85,29 +87,29 @@ def test_result_moves_away_from_content_and_toward_style(content, style):
 
 def test_same_seed_reproduces_the_same_image(content, style):
     kw = {"size": 48, "iterations": 5, "init": "noise", "device": "cpu"}
-    first = stylize(content, [style], seed=7, **kw).image.tobytes()
-    again = stylize(content, [style], seed=7, **kw).image.tobytes()
-    other = stylize(content, [style], seed=8, **kw).image.tobytes()
+    first = run_style(content, [style], seed=7, **kw).image.tobytes()
+    again = run_style(content, [style], seed=7, **kw).image.tobytes()
+    other = run_style(content, [style], seed=8, **kw).image.tobytes()
     assert first == again
     assert first != other
 
 
 def test_unseeded_run_records_its_seed(content, style):
-    result = stylize(content, [style], size=32, iterations=1, device="cpu")
+    result = run_style(content, [style], size=32, iterations=1, device="cpu")
     assert result.metrics["seed"] == result.seed == result.metrics["params"]["seed"]
 
 
 def test_blend_one_to_zero_equals_the_single_style(content, style, style2):
-    single = stylize(content, [style], size=48, **FAST)
-    blended = stylize(content, [style, style2], style_weights=[1, 0], size=48, **FAST)
-    mixed = stylize(content, [style, style2], style_weights=[1, 1], size=48, **FAST)
+    single = run_style(content, [style], size=48, **FAST)
+    blended = run_style(content, [style, style2], style_weights=[1, 0], size=48, **FAST)
+    mixed = run_style(content, [style, style2], style_weights=[1, 1], size=48, **FAST)
     assert single.image.tobytes() == blended.image.tobytes()
     assert single.image.tobytes() != mixed.image.tobytes()
     assert mixed.metrics["params"]["style_weights"] == [0.5, 0.5]
 
 
 def test_luminance_mode_keeps_the_content_chroma(content, style):
-    result = stylize(
+    result = run_style(
         content,
         [style],
         size=64,
@@ -132,7 +134,7 @@ def test_luminance_mode_keeps_the_content_chroma(content, style):
 
 @pytest.mark.parametrize("mode", ["statistics", "none"])
 def test_colour_modes_and_options_run(content, style, mode):
-    result = stylize(
+    result = run_style(
         content,
         [style],
         size=48,
@@ -156,7 +158,7 @@ def test_callback_reports_progress_and_can_cancel(content, style):
     def record(progress: StyleProgress) -> None:
         seen.append(progress)
 
-    stylize(content, [style], size=64, iterations=6, callback=record, seed=0, device="cpu")
+    run_style(content, [style], size=64, iterations=6, on_progress=record, seed=0, device="cpu")
     assert [p.step for p in seen] == list(range(1, 7))
     assert all(p.total == 6 and p.scales == 3 for p in seen)  # 32 -> 45 -> 64 px
     assert [p.scale for p in seen] == sorted(p.scale for p in seen)
@@ -174,8 +176,14 @@ def test_callback_reports_progress_and_can_cancel(content, style):
             raise Canceled()
 
     with pytest.raises(Canceled):
-        stylize(
-            content, [style], size=64, iterations=6, callback=cancel_at_three, seed=0, device="cpu"
+        run_style(
+            content,
+            [style],
+            size=64,
+            iterations=6,
+            on_progress=cancel_at_three,
+            seed=0,
+            device="cpu",
         )
     assert calls == [1, 2, 3]
 
@@ -195,6 +203,7 @@ def test_callback_reports_progress_and_can_cancel(content, style):
         ("style_weights", [0.0]),
         ("content_weight", -1.0),
         ("style_weight", "a lot"),
+        ("style_weight", 1e12),  # the web once allowed this; the spec's bound is 1e9
         ("tv_weight", float("inf")),
         ("optimizer", "sgd"),
         ("init", "zeros"),
@@ -213,14 +222,30 @@ def test_callback_reports_progress_and_can_cancel(content, style):
         ("style_layers", ["conv1_1"]),
         ("style_layer_weights", [1.0, 1.0]),
         ("style_layer_weights", [0, 0, 0, 0, 0]),
+        ("output_format", "png"),  # the runner's, not the engine's
+        ("brightness", 1.0),
     ],
 )
-def test_invalid_parameters_are_named(content, style, name, value):
+def test_invalid_parameters_are_named(name, value):
     with pytest.raises(InvalidInput) as info:
-        stylize(content, [style], **{name: value})
+        StyleParams.resolve(1, **{name: value})
     assert info.value.code == "invalid_input"
     assert info.value.param == name
     assert name in str(info.value)
+
+
+def test_unknown_parameters_are_all_named():
+    with pytest.raises(InvalidInput, match="colour, brightness"):
+        StyleParams.resolve(1, colour="red", size=64, brightness=2)
+
+
+def test_none_means_the_default_and_weights_follow_strength():
+    params = StyleParams.resolve(2, size=None, style_weight=None, strength=1.0, seed=None)
+    assert params.size == SPEC.param("size").default
+    assert params.style_weight == weights_for_strength(1.0)[1]
+    assert params.style_weights == (0.5, 0.5)
+    assert 0 <= params.seed <= SPEC.param("seed").maximum
+    assert params.device == "auto"
 
 
 @pytest.mark.parametrize("styles", [[], "not-a-list"])
@@ -230,9 +255,15 @@ def test_styles_must_be_a_non_empty_sequence(content, styles):
     assert info.value.param == "styles"
 
 
+def test_params_must_be_resolved_for_the_styles_given(content, style):
+    with pytest.raises(InvalidInput) as info:
+        stylize(content, [style], StyleParams.resolve(2, size=32))
+    assert info.value.param == "styles"
+
+
 def test_too_thin_an_output_is_rejected(style):
     with pytest.raises(InvalidInput) as info:
-        stylize(make_content(200, 10), [style], size=100)
+        run_style(make_content(200, 10), [style], size=100)
     assert info.value.param == "size"
 
 
@@ -249,10 +280,10 @@ def test_style_targets_are_reused_across_calls(content, style, monkeypatch):
     computed = []
     real = style_targets.gram
     monkeypatch.setattr(style_targets, "gram", lambda f: computed.append(1) or real(f))
-    stylize(content, [style], size=64, iterations=3, seed=0, device="cpu")
+    run_style(content, [style], size=64, iterations=3, seed=0, device="cpu")
     first = len(computed)
     assert first == 3 * 5  # three scales x five style layers, computed once each
-    stylize(content, [style], size=64, iterations=3, seed=1, device="cpu")
+    run_style(content, [style], size=64, iterations=3, seed=1, device="cpu")
     assert len(computed) == first  # a second job with the same style hits the LRU
 
 
@@ -269,14 +300,14 @@ def test_cpu_scales_give_up_the_threads_of_cores_others_keep_busy(
     torch.set_num_threads(2)
     try:
         seen = []
-        result = stylize(
+        result = run_style(
             content,
             [style],
             size=64,
             iterations=3,
             seed=0,
             device="cpu",
-            callback=lambda p: seen.append(torch.get_num_threads()),
+            on_progress=lambda p: seen.append(torch.get_num_threads()),
         )
         expected = 1 if busy else min(2, cores)
         assert seen == [expected] * 3
@@ -305,7 +336,7 @@ def test_style_gap_is_the_content_images_own_style_error(content, style):
 
 
 def test_scale_log_records_the_style_gap(content, style):
-    result = stylize(content, [style], size=48, iterations=4, seed=0, device="cpu")
+    result = run_style(content, [style], size=48, iterations=4, seed=0, device="cpu")
     gaps = [scale["style_gap"] for scale in result.metrics["scales"]]
     assert gaps and all(gap > 0 for gap in gaps)
 
@@ -313,13 +344,15 @@ def test_scale_log_records_the_style_gap(content, style):
 def test_layer_choice_is_used_and_recorded(content, style):
     """A zero-weight style layer changes nothing; other layers and weights change the image."""
     two = ["relu1_1", "relu3_1"]
-    only_first = stylize(content, [style], size=48, style_layers=["relu1_1"], **FAST)
-    zeroed = stylize(
+    only_first = run_style(content, [style], size=48, style_layers=["relu1_1"], **FAST)
+    zeroed = run_style(
         content, [style], size=48, style_layers=two, style_layer_weights=[1, 0], **FAST
     )
-    mixed = stylize(content, [style], size=48, style_layers=two, style_layer_weights=[1, 3], **FAST)
-    deeper = stylize(content, [style], size=48, content_layer="relu3_1", **FAST)
-    default = stylize(content, [style], size=48, **FAST)
+    mixed = run_style(
+        content, [style], size=48, style_layers=two, style_layer_weights=[1, 3], **FAST
+    )
+    deeper = run_style(content, [style], size=48, content_layer="relu3_1", **FAST)
+    default = run_style(content, [style], size=48, **FAST)
     assert only_first.image.tobytes() == zeroed.image.tobytes()
     assert mixed.image.tobytes() != zeroed.image.tobytes()
     assert deeper.image.tobytes() != default.image.tobytes()

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from shared.kinds.style_transfer import SPEC
 from worker import stylize_cli
-from worker.engines.params import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,12 +23,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_defaults_come_from_the_engine(tmp_path):
-    args = _parser().parse_args(["stylize", "c.png", "s.png", "-o", str(tmp_path / "o.png")])
-    assert args.size == DEFAULTS.size
-    assert args.preset == DEFAULTS.preset
+def test_options_and_defaults_come_from_the_spec(tmp_path):
+    parser = _parser()
+    args = parser.parse_args(["stylize", "c.png", "s.png", "-o", str(tmp_path / "o.png")])
+    engine = [p for p in SPEC.params if p.engine]
+    for param in engine:
+        default = list(param.default) if isinstance(param.default, tuple) else param.default
+        assert getattr(args, param.name) == default, param.name
+    assert not hasattr(args, "output_format")  # the -o suffix picks the format
     assert args.multiscale is True
     assert args.func is stylize_cli.run
+    flags = ["--" + p.name.replace("_", "-") for p in engine]
+    sub = parser._subparsers._group_actions[0].choices["stylize"]
+    assert set(flags) <= set(sub._option_string_actions)
+    assert "--no-multiscale" in sub._option_string_actions
+    assert not sub.parse_args(["c", "s", "-o", "o.png", "--no-multiscale"]).multiscale
+
+
+def test_option_values_are_parsed_like_the_server(tmp_path):
+    args = _parser().parse_args(
+        ["stylize", "c", "s", "-o", "o.png", "--style-layers", "relu1_1, relu3_1", "--seed", "9"]
+    )
+    assert args.style_layers == ["relu1_1", "relu3_1"] and args.seed == 9
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--strength", "3"), ("--style-weight", "1e12"), ("--size", "16"), ("--preset", "slow")],
+)
+def test_out_of_bounds_options_exit_2_naming_the_field(option, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["stylize", "c.png", "s.png", "-o", "o.png", option, value])
+    assert info.value.code == 2
+    assert option in capsys.readouterr().err
 
 
 def test_run_writes_image_and_metrics(tmp_path, content, style, style2, capsys):
@@ -66,7 +94,7 @@ def test_run_writes_image_and_metrics(tmp_path, content, style, style2, capsys):
     assert "\r[" in err and "4/4" in err
 
 
-def test_bad_parameter_exits_2_with_the_name(tmp_path, content, style, capsys):
+def test_an_engine_refusal_exits_2_with_the_name(tmp_path, content, style, capsys):
     content.save(tmp_path / "c.png")
     style.save(tmp_path / "s.png")
     args = _parser().parse_args(
@@ -76,12 +104,12 @@ def test_bad_parameter_exits_2_with_the_name(tmp_path, content, style, capsys):
             str(tmp_path / "s.png"),
             "-o",
             str(tmp_path / "o.png"),
-            "--strength",
-            "3",
+            "--style-weights",
+            "1,2",
         ]
     )
-    assert stylize_cli.run(args) == 2
-    assert "strength" in capsys.readouterr().err
+    assert stylize_cli.run(args) == 2  # two blend weights for one style image
+    assert "style_weights" in capsys.readouterr().err
 
 
 def test_standalone_module_in_a_subprocess(tmp_path, content, style):

@@ -10,7 +10,8 @@ import torch
 from worker.engines import weights
 from worker.engines.errors import WeightsUnavailable
 from worker.engines.losses import ALL_LAYERS
-from worker.engines.style_transfer import stylize
+
+from .conftest import run_style
 
 
 def test_original_net_is_frozen_cut_and_cached():
@@ -58,7 +59,7 @@ def empty_hub(tmp_path):
 def test_missing_torchvision_weights_name_the_expected_file(empty_hub, content, style):
     expected = empty_hub / "checkpoints" / "vgg19-dcbb9e9d.pth"
     with pytest.raises(WeightsUnavailable) as info:
-        stylize(content, [style], size=32, iterations=1, weights="torchvision", device="cpu")
+        run_style(content, [style], size=32, iterations=1, weights="torchvision", device="cpu")
     assert info.value.code == "internal"
     assert str(expected) in str(info.value)
     assert not expected.exists()  # and nothing was downloaded
@@ -90,11 +91,11 @@ def test_torchvision_weights_load_from_the_hub_cache_with_their_convention(empty
     assert weights.weights_identity("torchvision")["file"] == path.name
 
 
-def test_web_validation_knows_the_same_layers_as_the_network():
-    """shared/ imports no torch, so it keeps its own copy of the layer names."""
-    from shared.params import DEFAULT_STYLE_LAYERS, VGG_LAYERS
-    from worker.engines.losses import STYLE_LAYERS
-    from worker.engines.weights import RELU_LAYERS
+def test_the_kind_knows_the_same_layers_as_the_network():
+    """shared/ imports no torch, so it writes the layer names the network builds."""
+    from shared.kinds.style_transfer import CONTENT_LAYER, SPEC, STYLE_LAYERS, VGG_LAYERS
 
-    assert VGG_LAYERS == RELU_LAYERS
-    assert DEFAULT_STYLE_LAYERS == STYLE_LAYERS
+    assert VGG_LAYERS == weights.RELU_LAYERS
+    assert SPEC.param("content_layer").choices == SPEC.param("style_layers").choices
+    assert set(SPEC.param("style_layers").choices) == set(weights.RELU_LAYERS)
+    assert {CONTENT_LAYER, *STYLE_LAYERS} == ALL_LAYERS

@@ -69,11 +69,16 @@ def test_bad_dataset_is_refused_at_submit(client, settings, archive, status, wor
 
 @pytest.mark.parametrize(
     ("form", "field"),
-    [({"epochs": "0"}, "epochs"), ({"backbone": "alexnet"}, "backbone"),
-     ({"strategy": "magic"}, "strategy"), ({"val_split": "0.9"}, "val_split"),
-     ({"image_size": "4096"}, "image_size"), ({"lr": "nan"}, "lr"),
-     ({"colour": "red"}, "colour")],
-)  # fmt: skip
+    [
+        ({"epochs": "0"}, "epochs"),
+        ({"backbone": "alexnet"}, "backbone"),
+        ({"strategy": "magic"}, "strategy"),
+        ({"val_split": "0.9"}, "val_split"),
+        ({"image_size": "4096"}, "image_size"),
+        ({"lr": "nan"}, "lr"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_bad_fine_tune_fields(client, settings, form, field):
     before = redis.Redis.from_url(settings.redis_url).llen("gpu")
     response = client.post(

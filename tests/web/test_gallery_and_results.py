@@ -8,7 +8,6 @@ import re
 from shared.storage import job_key, open_storage
 from tests.conftest import tiny_png
 from tests.web.helpers import as_json, csrf_token, make_job
-from web.kinds import HANDLERS
 
 
 def _cards(html: str) -> list[str]:
@@ -150,11 +149,77 @@ def test_predict_page_shows_images_with_their_labels(client, settings):
     assert "90.0%" in figures[0] and "<strong>ants</strong>" in figures[1]
 
 
+def test_fine_tune_summary_reads_the_engines_metrics_keys(client, settings):
+    """The keys worker/engines/finetune.py writes (and the runner's ignored_files)."""
+    metrics = {
+        "accuracy": 0.8125,
+        "best_epoch": 4,
+        "val_loss": 0.4321,
+        "classes": ["ants", "bees"],
+        "macro_f1": 0.8,
+        "per_class": {
+            "bees": {"precision": 0.9, "recall": 0.7, "f1": 0.7875, "support": 10},
+            "ants": {"precision": 0.7, "recall": 0.9, "f1": 0.7875, "support": 6},
+        },
+        "confusion_matrix": [[5, 1], [3, 7]],
+        "epochs": [{"epoch": 1, "loss": 0.9}],
+        "dataset": {
+            "train": {"ants": 20, "bees": 30},
+            "val": {"ants": 6, "bees": 10},
+            "unreadable": 2,
+            "unreadable_files": ["x.png", "y.png"],
+        },
+        "config": {"backbone": "vgg19"},
+        "timings": {"seconds": 12.5},
+        "device": "cpu",
+        "ignored_files": 3,
+    }
+    job = make_job(settings, kind="fine_tune", files={"metrics.json": ("result", as_json(metrics))})
+    html = client.get(f"/jobs/{job}").get_data(as_text=True)
+    table = re.search(r'<table class="summary">.*?</table>', html, re.S).group(0)
+    summary = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]+)</td></tr>", table))
+    assert summary == {
+        "accuracy": "0.8125",
+        "macro F1": "0.8",
+        "best epoch": "4",
+        "validation loss": "0.4321",
+        "ignored files": "3",
+        "device": "cpu",
+        "training images": "50",
+        "validation images": "16",
+        "unreadable images": "2",
+        "seconds": "12.5",
+    }
+    per_class = re.search(r'<table class="per-class".*?</table>', html, re.S).group(0)
+    assert per_class.index("<th>ants</th>") < per_class.index("<th>bees</th>")  # class order
+
+
 def test_broken_result_files_degrade_to_less_not_to_an_error(client, settings):
     job = make_job(settings, kind="fine_tune", files={"metrics.json": ("result", b"{not json")})
     assert client.get(f"/jobs/{job}").status_code == 200
     job = make_job(settings, kind="predict", files={"predictions.json": ("result", b"[1, 2]")})
     assert client.get(f"/jobs/{job}").status_code == 200
+    wrong_types = {
+        "accuracy": True,
+        "classes": "ants",
+        "confusion_matrix": [[1, "x"]],
+        "per_class": {"ants": {"precision": "high", "support": None}, "bees": 3},
+        "dataset": {"train": {"ants": "many"}, "unreadable": []},
+        "timings": [],
+    }
+    job = make_job(
+        settings, kind="fine_tune", files={"metrics.json": ("result", as_json(wrong_types))}
+    )
+    html = client.get(f"/jobs/{job}").get_data(as_text=True)
+    assert 'id="confusion"' not in html and "<th>ants</th>" in html  # the per-class row
+    odd = {"predictions": [{"name": 1, "top": [{"label": "a", "probability": "high"}, 5]}, 2]}
+    job = make_job(
+        settings,
+        kind="predict",
+        files={"image-1.png": ("image", tiny_png()), "predictions.json": ("result", as_json(odd))},
+    )
+    html = client.get(f"/jobs/{job}").get_data(as_text=True)
+    assert "<strong>a</strong>" in html and "0.0%" in html
 
 
 def test_form_drops_empty_fields_and_names_unknown_kinds(client):
@@ -179,8 +244,6 @@ def test_form_drops_empty_fields_and_names_unknown_kinds(client):
     tag = re.search(r'<form[^>]*id="form-fine_tune"[^>]*>', page).group(0)
     assert "hidden" not in tag  # ?kind= picks the visible form without JavaScript
     assert "hidden" in re.search(r'<form[^>]*id="form-style_transfer"[^>]*>', page).group(0)
-    if "fine_tune" not in HANDLERS:  # until the fine-tune kind is merged
-        assert "does not run fine-tune jobs yet" in page
 
 
 def test_form_errors_come_back_as_json_for_the_pages_script(client):

@@ -115,14 +115,15 @@ def model_checkpoint() -> bytes:
     import torch
 
     from worker.engines.datasets import ImageDataset, LabeledImage
-    from worker.engines.finetune import fine_tune
+    from worker.engines.finetune import FinetuneConfig, fine_tune
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         files = shape_files(8, seed=1)
         items = [LabeledImage(n, CLASSES.index(n.split("/")[0]), d) for n, d in files.items()]
-        return fine_tune(ImageDataset(list(CLASSES), items), image_size=32, seed=0).checkpoint
+        config = FinetuneConfig.resolve(image_size=32, seed=0)
+        return fine_tune(ImageDataset(list(CLASSES), items), config).checkpoint
     finally:
         torch.set_num_threads(threads)
 

@@ -1,4 +1,8 @@
-"""The OpenAPI description is valid, covers every route and field, and matches real answers."""
+"""The OpenAPI description is valid, covers every route and field, and matches real answers.
+
+Each kind's submit schema is derived from its spec (shared/kinds): every parameter's
+schema must be its ``Param.schema(settings)``, so there is no second table to drift.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ import re
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from shared.params import STYLE_FIELDS
+from shared.kinds import KINDS
 from tests.conftest import style_form
+from web.openapi import schema_name
+
+COMMON = {"kind", "webhook", "webhook_events"}
 
 
 def _validator(spec: dict, name: str) -> Draft202012Validator:
@@ -39,13 +46,13 @@ def test_every_api_route_is_described(app, client):
 
 def test_submit_fields_are_the_servers_and_api_md_names(client, settings):
     schemas = client.get("/api/v1/openapi.json").json["components"]["schemas"]
+    for name, spec in KINDS.items():
+        properties = schemas[schema_name(name)]["properties"]
+        assert set(properties) - COMMON == {p.name for p in spec.params} | set(spec.file_names)
     style = schemas["StyleTransferSubmit"]["properties"]
-    assert set(style) - {"kind", "content", "style", "webhook", "webhook_events"} == set(
-        STYLE_FIELDS
-    )
     assert style["size"]["maximum"] == settings.max_size
     assert style["iterations"]["maximum"] == settings.max_iterations
-    assert style["style"]["items"]["format"] == "binary"
+    assert style["style"]["items"]["format"] == "binary" and style["style"]["maxItems"] == 8
     fine_tune = schemas["FineTuneSubmit"]["properties"]
     assert {
         "dataset",
@@ -54,12 +61,37 @@ def test_submit_fields_are_the_servers_and_api_md_names(client, settings):
         "epochs",
         "batch_size",
         "lr",
+        "weight_decay",
         "image_size",
         "val_split",
         "augment",
+        "label_smoothing",
+        "schedule",
+        "early_stopping",
         "seed",
     } <= set(fine_tune)
-    assert {"model", "image", "top_k"} <= set(schemas["PredictSubmit"]["properties"])
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed"):
+        assert "maximum" in fine_tune[name], name
+    predict = schemas["PredictSubmit"]
+    assert {"model", "image", "top_k"} <= set(predict["properties"])
+    assert predict["properties"]["image"]["maxItems"] == 256
+    assert predict["required"] == ["kind", "image", "model"]
+    assert schemas["StyleTransferSubmit"]["required"] == ["kind", "content", "style"]
+    assert schemas["FineTuneSubmit"]["required"] == ["kind", "dataset"]
+
+
+def test_every_param_schema_is_the_specs_own(client, settings):
+    """No second table: each parameter's schema is Param.schema with this server's limits."""
+    spec_doc = client.get("/api/v1/openapi.json").json
+    schemas = spec_doc["components"]["schemas"]
+    body = spec_doc["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]
+    listed = [ref["$ref"] for ref in body["multipart/form-data"]["schema"]["oneOf"]]
+    assert listed == [f"#/components/schemas/{schema_name(name)}" for name in KINDS]
+    for name, spec in KINDS.items():
+        properties = schemas[schema_name(name)]["properties"]
+        assert properties["kind"] == {"const": name}
+        for param in spec.params:
+            assert properties[param.name] == param.schema(settings), (name, param.name)
 
 
 def test_real_answers_match_the_schemas(client):
@@ -88,6 +120,16 @@ def test_docs_page_lists_every_operation_and_field(client):
         for method, op in item.items():
             if method != "parameters":
                 assert f'id="{op["operationId"]}"' in html
-    for name in STYLE_FIELDS:
-        assert f"<code>{name}</code>" in html
-    assert "<code>top_k</code>" in html and "<code>val_split</code>" in html
+
+
+def test_docs_page_names_every_param_of_every_kind(client, settings):
+    html = client.get("/docs").get_data(as_text=True)
+    for name, spec in KINDS.items():
+        section = re.search(
+            rf'<h3 id="fields-{schema_name(name).removesuffix("Submit")}">.*?</table>', html, re.S
+        )
+        assert section, name
+        for field in [*spec.file_names, *(p.name for p in spec.params)]:
+            assert f"<code>{field}</code>" in section.group(0), (name, field)
+    size = KINDS["style_transfer"].param("size")
+    assert f"32 to {settings.max_size}" in html and size.doc in html  # bounds and doc

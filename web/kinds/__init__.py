@@ -1,4 +1,10 @@
-"""Per-kind submit handlers: each turns form fields and uploads into params and input files.
+"""Submit handlers per job kind: each turns form fields and uploads into params and files.
+
+Every kind in :data:`shared.kinds.KINDS` is handled by :func:`web.kinds.generic.prepare`,
+which its spec drives, unless a handler was registered for it with
+:func:`register_handler` (``predict`` checks its model; a module named in
+``ATELIER_KIND_MODULES`` may register one for its own kind). Lookups happen per request,
+so a kind registered after this module was imported is handled too.
 
 A handler validates everything before anything is written; ``web.submit`` then stores
 the files, commits the row and enqueues, the same way for every kind.
@@ -6,65 +12,71 @@ the files, commits the row and enqueues, the same way for every kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy.orm import Session
-from werkzeug.datastructures import FileStorage, MultiDict
+from collections.abc import Iterator, Mapping
 
 from shared.errors import InputError
-from shared.jobs import StoredFile
-from shared.settings import Settings
+from shared.kinds import KINDS, KindSpec, get_kind
+from web.kinds import generic, predict
+from web.kinds.base import (
+    COMMON_FIELDS,
+    Handler,
+    Prepared,
+    SubmitContext,
+    Upload,
+    read_upload,
+    uploads,
+)
+from web.kinds.generic import parse_params, read_inputs
+
+__all__ = [
+    "COMMON_FIELDS",
+    "HANDLERS",
+    "Handler",
+    "Prepared",
+    "SubmitContext",
+    "Upload",
+    "handler_for",
+    "parse_params",
+    "read_inputs",
+    "read_upload",
+    "register_handler",
+    "uploads",
+    "validate_kind",
+]
+
+_REGISTERED: dict[str, Handler] = {"predict": predict.prepare}
 
 
-@dataclass(frozen=True)
-class SubmitContext:
-    form: Mapping[str, str]
-    files: MultiDict
-    owner: str
-    settings: Settings
-    session: Session
+def register_handler(kind: str, handler: Handler) -> None:
+    """Use ``handler`` instead of the generic one for ``kind`` (its spec may come later)."""
+    _REGISTERED[kind] = handler
 
 
-@dataclass(frozen=True)
-class Prepared:
-    params: dict[str, Any]
-    inputs: list[tuple[StoredFile, bytes]]
+def handler_for(kind: str) -> Handler:
+    """The registered handler of ``kind``, else the generic one."""
+    return _REGISTERED.get(kind, generic.prepare)
 
 
-@dataclass(frozen=True)
-class KindHandler:
-    file_fields: tuple[str, ...]
-    prepare: Callable[[SubmitContext], Prepared]
+class _Handlers(Mapping[str, Handler]):
+    """A live view: one handler per kind registered in shared.kinds right now."""
+
+    def __getitem__(self, kind: str) -> Handler:
+        if kind not in KINDS:
+            raise KeyError(kind)
+        return handler_for(kind)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(KINDS)
+
+    def __len__(self) -> int:
+        return len(KINDS)
 
 
-def read_upload(upload: FileStorage, field: str, limit: int) -> bytes:
-    """The upload's bytes, refusing more than ``limit`` without reading it all."""
-    data = upload.stream.read(limit + 1)
-    if len(data) > limit:
-        raise InputError(
-            f"{field}: the file is larger than the {limit} byte limit",
-            field=field,
-            status=413,
-            code="too_large",
-        )
-    return data
+HANDLERS: Mapping[str, Handler] = _Handlers()
 
 
-def uploads(files: MultiDict, field: str) -> list[FileStorage]:
-    """Non-empty uploads of one field (browsers send an empty part for an unused input)."""
-    return [f for f in files.getlist(field) if f.filename or f.content_length]
-
-
-def _registry() -> dict[str, KindHandler]:
-    from web.kinds import fine_tune, predict, style_transfer
-
-    return {
-        "style_transfer": style_transfer.HANDLER,
-        "fine_tune": fine_tune.HANDLER,
-        "predict": predict.HANDLER,
-    }
-
-
-HANDLERS: dict[str, KindHandler] = _registry()
+def validate_kind(raw: str | None) -> KindSpec:
+    """The spec of the submitted ``kind``; InputError naming ``kind`` when blank or unknown."""
+    if raw is None or raw.strip() == "":
+        raise InputError(f"kind is required: use one of {', '.join(KINDS)}", field="kind")
+    return get_kind(raw.strip())

@@ -1,22 +1,28 @@
-"""Submit handler for ``predict``: images for the model of a succeeded fine-tune job.
+"""``predict``'s extra submit behaviour: its model checked now, its file names recorded.
 
-The model is checked now (same owner, kind ``fine_tune``, ``succeeded``, ``model.pt``
-recorded) so a prediction that cannot run is refused before a job exists.
-Images are checked from their headers only (format, bytes, pixels, aspect ratio): up
-to 256 of them are decoded by the worker, which lists an unreadable one in
-``predictions.json`` instead of failing the others.
+The model is checked at submit (same owner, kind ``fine_tune``, ``succeeded``,
+``model.pt`` recorded) so a prediction that cannot run is refused before a job exists.
+Images go through the generic reader (headers only; the worker decodes up to 256 of them
+and lists an unreadable one in ``predictions.json`` instead of failing the others). The
+names the client gave the images are kept in ``image_names`` for ``predictions.json``.
 """
 
 from __future__ import annotations
 
 from shared.errors import InputError
-from shared.images import inspect_image
-from shared.jobs import StoredFile, get_job
-from shared.params_finetune import MAX_PREDICT_IMAGES, display_name, validate_predict_params
+from shared.jobs import get_job
 from shared.states import SUCCEEDED
-from web.kinds import KindHandler, Prepared, SubmitContext, read_upload, uploads
+from web.kinds.base import Prepared, SubmitContext
+from web.kinds.generic import parse_params, read_inputs
 
 MODEL_FILE = "model.pt"
+
+
+def display_name(filename: str | None, fallback: str) -> str:
+    """The uploaded file's base name, trimmed, for predictions.json (never used as a path)."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = "".join(ch for ch in name if ch.isprintable())[:200]
+    return name or fallback
 
 
 def check_model(ctx: SubmitContext, model_id: str) -> None:
@@ -41,29 +47,10 @@ def check_model(ctx: SubmitContext, model_id: str) -> None:
 
 
 def prepare(ctx: SubmitContext) -> Prepared:
-    params = validate_predict_params(ctx.form, ctx.settings)
+    params = parse_params(ctx)
     check_model(ctx, params["model"])
-    images = uploads(ctx.files, "image")
-    if not images:
-        raise InputError("image is required: upload one or more images", field="image")
-    if len(images) > MAX_PREDICT_IMAGES:
-        raise InputError(f"image: at most {MAX_PREDICT_IMAGES} images per job", field="image")
-    limits = ctx.settings
-    inputs, names = [], []
-    for i, upload in enumerate(images, start=1):
-        data = read_upload(upload, "image", limits.max_upload_bytes)
-        info = inspect_image(
-            data,
-            field="image",
-            max_bytes=limits.max_upload_bytes,
-            max_pixels=limits.max_pixels,
-            max_aspect_ratio=limits.max_aspect_ratio,
-        )
-        stored = StoredFile("image", f"image-{i}.{info.extension}", info.content_type, len(data))
-        inputs.append((stored, data))
-        names.append(display_name(upload.filename, stored.name))
-    params["image_names"] = names
-    return Prepared(params, inputs)
-
-
-HANDLER = KindHandler(file_fields=("image",), prepare=prepare)
+    inputs = read_inputs(ctx, params)
+    params["image_names"] = [
+        display_name(u.filename, u.stored.name) for u in inputs if u.stored.role == "image"
+    ]
+    return Prepared(params, [(u.stored, u.data) for u in inputs])

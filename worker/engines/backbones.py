@@ -16,16 +16,19 @@ unfreeze from the top, and can be rebuilt without pretrained weights from a chec
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shared.kinds.fine_tune import BACKBONES
+
 from .errors import InvalidInput, WeightsUnavailable
 from .weights import file_sha256, weights_path
 
-BACKBONES = ("vgg19", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")
 _VGG_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,8 +40,16 @@ _vgg_state: dict[str, torch.Tensor] = {}
 class Backbone(nn.Module):
     """Normalises RGB 0–1 input its own way, runs the network, returns (N, feature_dim)."""
 
-    def __init__(self, name: str, body: nn.Module, stages: list[nn.Module], dim: int,
-                 scale: torch.Tensor, shift: torch.Tensor, bgr: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        body: nn.Module,
+        stages: list[nn.Module],
+        dim: int,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        bgr: bool,
+    ) -> None:
         super().__init__()
         self.name = name
         self.body = body
@@ -58,8 +69,12 @@ class Backbone(nn.Module):
         """How inputs are normalised, for the checkpoint and the model card."""
         if self.bgr:
             return {"channels": "BGR", "range": 255, "mean": list(_CAFFE_MEAN_BGR), "std": None}
-        return {"channels": "RGB", "range": 1, "mean": list(_IMAGENET_MEAN),
-                "std": list(_IMAGENET_STD)}  # fmt: skip
+        return {
+            "channels": "RGB",
+            "range": 1,
+            "mean": list(_IMAGENET_MEAN),
+            "std": list(_IMAGENET_STD),
+        }
 
 
 class _VGGBody(nn.Module):
@@ -114,6 +129,34 @@ def torchvision_weights_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+def _resnet(model: nn.Module) -> tuple[int, list[nn.Module]]:
+    dim = model.fc.in_features
+    model.fc = nn.Identity()
+    stem = nn.ModuleList([model.conv1, model.bn1])
+    return dim, [stem, model.layer1, model.layer2, model.layer3, model.layer4]
+
+
+def _mobilenet(model: nn.Module) -> tuple[int, list[nn.Module]]:
+    dim = model.classifier[-1].in_features
+    model.classifier[-1] = nn.Identity()
+    return dim, [*model.features, model.classifier]
+
+
+def _efficientnet(model: nn.Module) -> tuple[int, list[nn.Module]]:
+    dim = model.classifier[-1].in_features
+    model.classifier = nn.Identity()
+    return dim, list(model.features)
+
+
+# How each torchvision architecture gives up its ImageNet classifier: (feature dim, stages).
+_TORCHVISION_CUTS: dict[str, Callable[[nn.Module], tuple[int, list[nn.Module]]]] = {
+    "resnet18": _resnet,
+    "resnet50": _resnet,
+    "mobilenet_v3_large": _mobilenet,
+    "efficientnet_b0": _efficientnet,
+}
+
+
 def _torchvision(name: str, pretrained: bool) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
@@ -127,30 +170,32 @@ def _torchvision(name: str, pretrained: bool) -> Backbone:
                 f"at run time; copy {url} there (or set TORCH_HOME), or use backbone=vgg19"
             )
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    if name.startswith("resnet"):
-        dim = model.fc.in_features
-        model.fc = nn.Identity()
-        stages = [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2,
-                  model.layer3, model.layer4]  # fmt: skip
-    elif name == "mobilenet_v3_large":
-        dim = model.classifier[-1].in_features
-        model.classifier[-1] = nn.Identity()
-        stages = list(model.features) + [model.classifier]
-    else:  # efficientnet_b0
-        dim = model.classifier[-1].in_features
-        model.classifier = nn.Identity()
-        stages = list(model.features)
+    dim, stages = _TORCHVISION_CUTS[name](model)
     scale = 1.0 / torch.tensor(_IMAGENET_STD)
     shift = -torch.tensor(_IMAGENET_MEAN) / torch.tensor(_IMAGENET_STD)
     return Backbone(name, model, stages, dim, scale, shift, bgr=False)
 
 
+# One builder per backbone the kind offers (shared/kinds/fine_tune.py names them).
+BUILDERS: dict[str, Callable[[bool], Backbone]] = {
+    "vgg19": _vgg19,
+    **{name: partial(_torchvision, name) for name in _TORCHVISION_CUTS},
+}
+if set(BUILDERS) != set(BACKBONES):
+    raise RuntimeError(
+        f"backbone builders {sorted(BUILDERS)} differ from the fine_tune spec's BACKBONES "
+        f"{sorted(BACKBONES)} (shared/kinds/fine_tune.py)"
+    )
+
+
 def build_backbone(name: str, *, pretrained: bool = True) -> Backbone:
     """A fresh backbone module (trainable copies never touch the cached weights)."""
-    if name not in BACKBONES:
-        raise InvalidInput(f"backbone must be one of {', '.join(BACKBONES)}, got {name!r}",
-                           "backbone")  # fmt: skip
-    return _vgg19(pretrained) if name == "vgg19" else _torchvision(name, pretrained)
+    builder = BUILDERS.get(name)
+    if builder is None:
+        raise InvalidInput(
+            f"backbone must be one of {', '.join(BACKBONES)}, got {name!r}", "backbone"
+        )
+    return builder(pretrained)
 
 
 def backbone_weights_identity(name: str) -> dict:

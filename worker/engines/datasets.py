@@ -91,8 +91,14 @@ def decode(data: bytes, image_size: int, limits: ImageLimits = DEFAULT_LIMITS) -
                 size = cover_short_side(image.width, image.height, target, limits.max_pixels)
                 image = resize(image, size, max_pixels=limits.max_pixels, reducing_gap=2.0)
                 array = np.asarray(image, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # fmt: skip
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
     except InvalidInput as exc:
         raise ValueError(exc.message) from None

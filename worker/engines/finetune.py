@@ -29,25 +29,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import datasets as ds
-from .backbones import BACKBONES, Backbone, backbone_weights_identity, build_backbone
-from .errors import InvalidInput
-from .finetune_report import classification_report, model_card
+from shared.kinds.fine_tune import SPEC, STRATEGY_DEFAULTS
 
-STRATEGIES = ("linear_probe", "full", "gradual")
-SCHEDULES = ("cosine", "constant")
+from . import datasets as ds
+from .backbones import Backbone, backbone_weights_identity, build_backbone
+from .errors import InvalidInput
+from .finetune_progress import FinetuneProgress, Tracker, batch_count
+from .finetune_report import classification_report, model_card
+from .spec_check import check_device, check_engine_values
+
 PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINT_FORMAT = "atelier-finetune/1"
 BACKBONE_LR_FACTOR = 0.1
 HEAD_WARMUP_EPOCHS = 10  # cached-feature head epochs before full / gradual training
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear_probe": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-2,
-                     "augment": False, "label_smoothing": 0.0, "early_stopping": 10},
-    "full": {"epochs": 6, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4,
-             "augment": True, "label_smoothing": 0.1, "early_stopping": 3},
-    "gradual": {"epochs": 6, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4,
-                "augment": True, "label_smoothing": 0.1, "early_stopping": 3},
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,20 +64,27 @@ class FinetuneConfig:
     device: str
     precision: str  # resolved: fp32 or bf16
 
+    @classmethod
+    def resolve(cls, **overrides: Any) -> FinetuneConfig:
+        """Check a caller's values against the kind's spec and fill every default.
 
-@dataclass(frozen=True)
-class FinetuneProgress:
-    """What the callback gets: ``step``/``total`` are work units across all stages."""
-
-    stage: str
-    step: int
-    total: int
-    epoch: int
-    epochs: int
-    loss: float | None
-    val_accuracy: float | None
-    best_accuracy: float | None
-    elapsed: float
+        ``overrides`` are the engine params of shared/kinds/fine_tune.py plus ``device``
+        and ``precision``; None means "the default": the spec's fixed ones, then the
+        chosen strategy's (``STRATEGY_DEFAULTS``); a missing seed is drawn and recorded.
+        Raises InvalidInput naming the field at fault (unknown names too).
+        """
+        device = check_device(overrides.pop("device", None) or "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = _resolve_precision(device, overrides.pop("precision", None) or "auto")
+        values = check_engine_values(SPEC, overrides)
+        strategy = STRATEGY_DEFAULTS[values["strategy"]]
+        values = check_engine_values(
+            SPEC, {**values, **{k: v for k, v in strategy.items() if values[k] is None}}
+        )
+        if values["seed"] is None:
+            values["seed"] = SPEC.param("seed").draw()
+        return cls(**values, device=device, precision=precision)
 
 
 @dataclass
@@ -109,40 +110,6 @@ class Standardize(nn.Module):
 
 def make_head(dim: int, classes: int) -> nn.Sequential:
     return nn.Sequential(Standardize(dim), nn.Linear(dim, classes))
-
-
-def resolve_config(**params: Any) -> FinetuneConfig:
-    """Fill strategy defaults and check every value (the API validated them once already)."""
-    backbone = params.get("backbone") or "vgg19"
-    strategy = params.get("strategy") or "linear_probe"
-    if backbone not in BACKBONES:
-        raise InvalidInput(f"backbone must be one of {', '.join(BACKBONES)}", "backbone")
-    if strategy not in STRATEGIES:
-        raise InvalidInput(f"strategy must be one of {', '.join(STRATEGIES)}", "strategy")
-    values = {**STRATEGY_DEFAULTS[strategy],
-              **{k: v for k, v in params.items() if v is not None}}  # fmt: skip
-    device = values.get("device") or "auto"
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = _resolve_precision(device, values.get("precision") or "auto")
-    config = FinetuneConfig(
-        backbone=backbone, strategy=strategy, epochs=int(values["epochs"]),
-        batch_size=int(values["batch_size"]), lr=float(values["lr"]),
-        weight_decay=float(values["weight_decay"]),
-        image_size=int(values.get("image_size", 224)),
-        val_split=float(values.get("val_split", 0.2)), augment=bool(values["augment"]),
-        label_smoothing=float(values["label_smoothing"]),
-        schedule=values.get("schedule", "cosine"),
-        early_stopping=int(values["early_stopping"]),
-        seed=int(values.get("seed", 0)), device=device, precision=precision,
-    )  # fmt: skip
-    if config.schedule not in SCHEDULES:
-        raise InvalidInput(f"schedule must be one of {', '.join(SCHEDULES)}", "schedule")
-    if not (1 <= config.epochs and 1 <= config.batch_size and 32 <= config.image_size):
-        raise InvalidInput("epochs and batch_size must be ≥ 1, image_size ≥ 32", "epochs")
-    if not 0.0 < config.val_split < 1.0:
-        raise InvalidInput("val_split must be between 0 and 1", "val_split")
-    return config
 
 
 def _resolve_precision(device: str, precision: str) -> str:
@@ -175,26 +142,6 @@ def _inputs(batch: torch.Tensor, device: str, precision: str) -> torch.Tensor:
     return batch.contiguous(memory_format=torch.channels_last) if precision == "bf16" else batch
 
 
-class _Tracker:
-    """Progress units, elapsed time and the throttled callback, in one place."""
-
-    def __init__(self, callback, total: int, epochs: int) -> None:
-        self.callback = callback
-        self.total = total
-        self.epochs = epochs
-        self.step = 0
-        self.started = time.monotonic()
-        self.best: float | None = None
-
-    def advance(self, units: int, stage: str, epoch: int = 0, loss: float | None = None,
-                val_accuracy: float | None = None) -> None:  # fmt: skip
-        self.step = min(self.total, self.step + units)
-        if self.callback is not None:
-            self.callback(FinetuneProgress(stage, self.step, self.total, epoch, self.epochs,
-                                           loss, val_accuracy, self.best,
-                                           time.monotonic() - self.started))  # fmt: skip
-
-
 @dataclass
 class _Features:
     train: torch.Tensor
@@ -205,31 +152,62 @@ class _Features:
     images: int
 
 
+def _flips(config: FinetuneConfig) -> tuple[bool, ...]:
+    """Feature views of each training image: mirrored copies too when augmenting."""
+    return (False, True) if config.augment else (False,)
+
+
+def _head_epochs(config: FinetuneConfig) -> int:
+    return config.epochs if config.strategy == "linear_probe" else HEAD_WARMUP_EPOCHS
+
+
+def _plan(tracker: Tracker, config: FinetuneConfig, n_train: int, n_val: int) -> None:
+    """Units of the parts after decoding, from the bounds their loops iterate over."""
+    bs = config.batch_size
+    views = len(_flips(config))
+    network = 0
+    if config.strategy != "linear_probe":
+        network = config.epochs * (batch_count(n_train, bs) + batch_count(n_val, bs))
+    tracker.plan(
+        features=views * batch_count(n_train, bs) + batch_count(n_val, bs),
+        head=_head_epochs(config) * batch_count(views * n_train, bs),
+        network=network,
+    )
+
+
 @torch.inference_mode()
-def _extract(backbone: Backbone, data: ds.DecodedSet, config: FinetuneConfig, tracker: _Tracker,
-             flips: tuple[bool, ...]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _extract(
+    backbone: Backbone,
+    data: ds.DecodedSet,
+    config: FinetuneConfig,
+    tracker: Tracker,
+    flips: tuple[bool, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
     feats, labels = [], []
     for flip in flips:
-        for batch, target in ds.batches(data, image_size=config.image_size,
-                                        batch_size=config.batch_size, flip=flip):  # fmt: skip
+        for batch, target in ds.batches(
+            data, image_size=config.image_size, batch_size=config.batch_size, flip=flip
+        ):
             with _autocast(config.device, config.precision):
                 out = backbone(_inputs(batch, config.device, config.precision))
             feats.append(out.float().cpu())
             labels.append(target)
-            tracker.advance(len(target), "computing features")
+            tracker.advance("features", "computing features")
     return torch.cat(feats), torch.cat(labels)
 
 
-def _features(backbone: Backbone, decoded: ds.Decoded, config: FinetuneConfig,
-              tracker: _Tracker) -> _Features:  # fmt: skip
+def _features(
+    backbone: Backbone, decoded: ds.Decoded, config: FinetuneConfig, tracker: Tracker
+) -> _Features:
     """Every image through the frozen backbone once; flipped copies when augmenting."""
     started = time.monotonic()
     backbone.eval()
-    flips = (False, True) if config.augment else (False,)
-    train, train_labels = _extract(backbone, decoded.train, config, tracker, flips)
+    train, train_labels = _extract(backbone, decoded.train, config, tracker, _flips(config))
     val, val_labels = _extract(backbone, decoded.val, config, tracker, (False,))
-    return _Features(train, train_labels, val, val_labels, time.monotonic() - started,
-                     len(train) + len(val))  # fmt: skip
+    tracker.finish("features")
+    return _Features(
+        train, train_labels, val, val_labels, time.monotonic() - started, len(train) + len(val)
+    )
 
 
 def _lr_at(config: FinetuneConfig, base: float, step: int, steps: int) -> float:
@@ -256,8 +234,9 @@ class _Best:
         return False
 
 
-def _evaluate_features(head: nn.Module, feats: torch.Tensor,
-                       labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:  # fmt: skip
+def _evaluate_features(
+    head: nn.Module, feats: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, float, torch.Tensor]:
     with torch.inference_mode():
         logits = head(feats)
         loss = F.cross_entropy(logits, labels).item()
@@ -265,16 +244,22 @@ def _evaluate_features(head: nn.Module, feats: torch.Tensor,
     return loss, (preds == labels).float().mean().item(), preds
 
 
-def _train_head(head: nn.Sequential, feats: _Features, config: FinetuneConfig, epochs: int,
-                tracker: _Tracker, best: _Best, gen: torch.Generator) -> None:  # fmt: skip
+def _train_head(
+    head: nn.Sequential,
+    feats: _Features,
+    config: FinetuneConfig,
+    epochs: int,
+    tracker: Tracker,
+    best: _Best,
+    gen: torch.Generator,
+) -> None:
     """Head-only epochs on cached features, with early stopping on the validation score."""
     # Shrink each variance toward the average one: a unit that never fires on the training
     # images (std 0) must not blow up on a validation image where it does.
     var = feats.train.var(0) if len(feats.train) > 1 else torch.ones(feats.train.shape[1])
     head[0].mean.copy_(feats.train.mean(0))
     head[0].std.copy_((var + 0.1 * var.mean() + 1e-6).sqrt())
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)  # fmt: skip
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     per_epoch = math.ceil(len(feats.train) / config.batch_size)
     steps, step = epochs * per_epoch, 0
     for epoch in range(1, epochs + 1):
@@ -284,33 +269,57 @@ def _train_head(head: nn.Sequential, feats: _Features, config: FinetuneConfig, e
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, config.lr, step, steps)
             logits = head(feats.train[idx])
-            loss = F.cross_entropy(logits, feats.train_labels[idx],
-                                   label_smoothing=config.label_smoothing)  # fmt: skip
+            loss = F.cross_entropy(
+                logits, feats.train_labels[idx], label_smoothing=config.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             losses.append(loss.item() * len(idx))
             correct += (logits.argmax(1) == feats.train_labels[idx]).sum().item()
-            tracker.advance(1, "training head", epoch, loss.item())
+            tracker.advance("head", "training head", epoch, loss.item())
         head.eval()
         val_loss, val_acc, _ = _evaluate_features(head, feats.val, feats.val_labels)
         best.update(epoch, val_acc, val_loss, head)
         tracker.best = best.score[0]
-        best.history.append(_epoch_record(epoch, "head", sum(losses) / len(feats.train),
-                                          correct / len(feats.train), val_loss, val_acc,
-                                          optimizer.param_groups[0]["lr"], started))  # fmt: skip
-        tracker.advance(0, "training head", epoch, val_loss, val_acc)
+        best.history.append(
+            _epoch_record(
+                epoch,
+                "head",
+                sum(losses) / len(feats.train),
+                correct / len(feats.train),
+                val_loss,
+                val_acc,
+                optimizer.param_groups[0]["lr"],
+                started,
+            )
+        )
+        tracker.advance("head", "training head", epoch, val_loss, val_acc, units=0)
         if config.early_stopping and best.stale >= config.early_stopping:
             break
 
 
-def _epoch_record(epoch: int, phase: str, train_loss: float, train_acc: float,
-                  val_loss: float, val_acc: float, lr: float, started: float) -> dict:  # fmt: skip
-    return {"epoch": epoch, "phase": phase, "train_loss": round(train_loss, 5),
-            "train_accuracy": round(train_acc, 5), "val_loss": round(val_loss, 5),
-            "val_accuracy": round(val_acc, 5), "lr": lr,
-            "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+def _epoch_record(
+    epoch: int,
+    phase: str,
+    train_loss: float,
+    train_acc: float,
+    val_loss: float,
+    val_acc: float,
+    lr: float,
+    started: float,
+) -> dict:
+    return {
+        "epoch": epoch,
+        "phase": phase,
+        "train_loss": round(train_loss, 5),
+        "train_accuracy": round(train_acc, 5),
+        "val_loss": round(val_loss, 5),
+        "val_accuracy": round(val_acc, 5),
+        "lr": lr,
+        "seconds": round(time.monotonic() - started, 3),
+    }
 
 
 class Classifier(nn.Module):
@@ -336,13 +345,15 @@ def _set_trainable(model: Classifier, config: FinetuneConfig, epoch: int) -> int
     return count
 
 
-def _evaluate_model(model: Classifier, data: ds.DecodedSet,
-                    config: FinetuneConfig) -> tuple[float, float, torch.Tensor]:  # fmt: skip
+def _evaluate_model(
+    model: Classifier, data: ds.DecodedSet, config: FinetuneConfig
+) -> tuple[float, float, torch.Tensor]:
     model.eval()
     logits = []
     with torch.inference_mode():
-        for batch, _ in ds.batches(data, image_size=config.image_size,
-                                   batch_size=config.batch_size):  # fmt: skip
+        for batch, _ in ds.batches(
+            data, image_size=config.image_size, batch_size=config.batch_size
+        ):
             with _autocast(config.device, config.precision):
                 out = model(_inputs(batch, config.device, config.precision))
             logits.append(out.float().cpu())
@@ -352,25 +363,41 @@ def _evaluate_model(model: Classifier, data: ds.DecodedSet,
     return loss, (preds == data.labels).float().mean().item(), preds
 
 
-def _train_network(model: Classifier, decoded: ds.Decoded, config: FinetuneConfig,
-                   tracker: _Tracker, best: _Best, gen: torch.Generator) -> None:  # fmt: skip
+def _train_network(
+    model: Classifier,
+    decoded: ds.Decoded,
+    config: FinetuneConfig,
+    tracker: Tracker,
+    best: _Best,
+    gen: torch.Generator,
+) -> None:
     """End-to-end epochs (full / gradual) after the head; backbone at a lower LR."""
     head_params = list(model.head.parameters())
     optimizer = torch.optim.AdamW(
-        [{"params": head_params, "lr": config.lr, "base": config.lr},
-         {"params": list(model.backbone.parameters()), "lr": config.lr * BACKBONE_LR_FACTOR,
-          "base": config.lr * BACKBONE_LR_FACTOR}],
+        [
+            {"params": head_params, "lr": config.lr, "base": config.lr},
+            {
+                "params": list(model.backbone.parameters()),
+                "lr": config.lr * BACKBONE_LR_FACTOR,
+                "base": config.lr * BACKBONE_LR_FACTOR,
+            },
+        ],
         weight_decay=config.weight_decay,
-    )  # fmt: skip
+    )
     best.stale = 0
     per_epoch = math.ceil(len(decoded.train.images) / config.batch_size)
     steps, step = config.epochs * per_epoch, 0
     for epoch in range(1, config.epochs + 1):
         started, losses, correct = time.monotonic(), 0.0, 0
         unfrozen = _set_trainable(model, config, epoch)
-        for batch, target in ds.batches(decoded.train, image_size=config.image_size,
-                                        batch_size=config.batch_size, augment=config.augment,
-                                        gen=gen, shuffle=True):  # fmt: skip
+        for batch, target in ds.batches(
+            decoded.train,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            augment=config.augment,
+            gen=gen,
+            shuffle=True,
+        ):
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, group["base"], step, steps)
             with _autocast(config.device, config.precision):
@@ -383,64 +410,73 @@ def _train_network(model: Classifier, decoded: ds.Decoded, config: FinetuneConfi
             step += 1
             losses += loss.item() * len(target)
             correct += (logits.argmax(1) == target).sum().item()
-            tracker.advance(len(target) * 3, f"training ({unfrozen} stages unfrozen)", epoch,
-                            loss.item())  # fmt: skip
+            stage = f"training ({unfrozen} stages unfrozen)"
+            tracker.advance("network", stage, epoch, loss.item())
         val_loss, val_acc, _ = _evaluate_model(model, decoded.val, config)
         best.update(HEAD_WARMUP_EPOCHS + epoch, val_acc, val_loss, model)
         tracker.best = best.score[0]
         n = len(decoded.train.images)
-        best.history.append(_epoch_record(HEAD_WARMUP_EPOCHS + epoch, config.strategy,
-                                          losses / n, correct / n, val_loss, val_acc,
-                                          optimizer.param_groups[0]["lr"], started))  # fmt: skip
-        tracker.advance(len(decoded.val.images), "validating", epoch, val_loss, val_acc)
+        best.history.append(
+            _epoch_record(
+                HEAD_WARMUP_EPOCHS + epoch,
+                config.strategy,
+                losses / n,
+                correct / n,
+                val_loss,
+                val_acc,
+                optimizer.param_groups[0]["lr"],
+                started,
+            )
+        )
+        val_batches = batch_count(len(decoded.val.images), config.batch_size)
+        tracker.advance("network", "validating", epoch, val_loss, val_acc, units=val_batches)
         if config.early_stopping and best.stale >= config.early_stopping:
             break
 
 
-def _total_units(config: FinetuneConfig, n_train: int, n_val: int, n_all: int) -> int:
-    views = 2 if config.augment and config.strategy == "linear_probe" else 1
-    head_epochs = config.epochs if config.strategy == "linear_probe" else HEAD_WARMUP_EPOCHS
-    total = (
-        n_all
-        + n_train * views
-        + n_val
-        + head_epochs * math.ceil(n_train * views / config.batch_size)
-    )
-    if config.strategy != "linear_probe":
-        total += config.epochs * (3 * n_train + n_val)
-    return total
-
-
 def fine_tune(
     dataset: ds.ImageDataset,
+    config: FinetuneConfig | None = None,
     *,
-    callback: Callable[[FinetuneProgress], None] | None = None,
-    **params: Any,
+    on_progress: Callable[[FinetuneProgress], None] | None = None,
 ) -> FinetuneResult:
-    """Train a classifier for ``dataset``; ``params`` are the API's fine_tune fields.
+    """Train a classifier for ``dataset`` with ``config`` (None: every default, drawn seed).
 
-    ``callback`` runs after every batch (and every decoded image) and may raise to stop.
+    ``config`` comes from ``FinetuneConfig.resolve(...)``, which checks it against the
+    kind's spec. ``on_progress`` runs after every decoded image and every batch, and may
+    raise (e.g. Canceled) to stop.
     """
-    config = resolve_config(**params)
+    config = FinetuneConfig.resolve() if config is None else config
     started = time.monotonic()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     backbone = _prepare(build_backbone(config.backbone), config.device, config.precision)
     n_all = len(dataset.train) + len(dataset.val or [])
-    val_guess = len(dataset.val) if dataset.val else round(n_all * config.val_split)
-    tracker = _Tracker(callback, _total_units(config, n_all - val_guess, val_guess, n_all),
-                       config.epochs)  # fmt: skip
+    tracker = Tracker(on_progress, config.epochs)
+    tracker.plan(decode=n_all)
+    # Until decoding says which images are readable: the split of all of them.
+    train, val = (
+        (dataset.train, dataset.val)
+        if dataset.val
+        else ds.split(dataset.train, config.val_split, config.seed)
+    )
+    _plan(tracker, config, len(train), len(val))
     decoded = ds.decode_all(
-        dataset, image_size=config.image_size, val_split=config.val_split, seed=config.seed,
-        progress=lambda done, total: tracker.advance(1, "decoding images"),
-    )  # fmt: skip
+        dataset,
+        image_size=config.image_size,
+        val_split=config.val_split,
+        seed=config.seed,
+        progress=lambda done, total: tracker.advance("decode", "decoding images"),
+    )
+    tracker.finish("decode")
+    _plan(tracker, config, len(decoded.train.images), len(decoded.val.images))
     decode_seconds = time.monotonic() - started
     backbone.requires_grad_(False)
     feats = _features(backbone, decoded, config, tracker)
     head = make_head(backbone.feature_dim, len(dataset.classes)).to("cpu")
     best = _Best()
-    head_epochs = config.epochs if config.strategy == "linear_probe" else HEAD_WARMUP_EPOCHS
-    _train_head(head, feats, config, head_epochs, tracker, best, gen)
+    _train_head(head, feats, config, _head_epochs(config), tracker, best, gen)
+    tracker.finish("head")
     head.load_state_dict(best.state)
     model = Classifier(backbone, head.to(config.device))
     train_started = time.monotonic()
@@ -448,6 +484,7 @@ def fine_tune(
         best.state = {f"head.{k}": v for k, v in best.state.items()}
         best.state.update({f"backbone.{k}": v.clone() for k, v in backbone.state_dict().items()})
         _train_network(model, decoded, config, tracker, best, gen)
+        tracker.finish("network")
         model.load_state_dict(best.state)
         _, _, preds = _evaluate_model(model, decoded.val, config)
     else:
@@ -464,11 +501,18 @@ def fine_tune(
     metrics = _metrics(config, dataset.classes, decoded, best, preds, timings)
     checkpoint = _checkpoint(model, config, dataset.classes, best, metrics)
     card = model_card(config=asdict(config), metrics=metrics)
+    tracker.end()
     return FinetuneResult(checkpoint, metrics, card, list(dataset.classes), config)
 
 
-def _metrics(config: FinetuneConfig, classes: list[str], decoded: ds.Decoded, best: _Best,
-             preds: torch.Tensor, timings: dict) -> dict[str, Any]:  # fmt: skip
+def _metrics(
+    config: FinetuneConfig,
+    classes: list[str],
+    decoded: ds.Decoded,
+    best: _Best,
+    preds: torch.Tensor,
+    timings: dict,
+) -> dict[str, Any]:
     report = classification_report(decoded.val.labels.tolist(), preds.tolist(), classes)
     count = lambda labels: {c: int((labels == i).sum()) for i, c in enumerate(classes)}  # noqa: E731
     return {
@@ -489,15 +533,16 @@ def _metrics(config: FinetuneConfig, classes: list[str], decoded: ds.Decoded, be
             "val": count(decoded.val.labels),
             "unreadable": len(decoded.unreadable),
             "unreadable_files": decoded.unreadable[:50],
-        },  # fmt: skip
+        },
         "config": asdict(config),
         "timings": timings,
         "device": config.device,
     }
 
 
-def _checkpoint(model: Classifier, config: FinetuneConfig, classes: list[str], best: _Best,
-                metrics: dict) -> bytes:  # fmt: skip
+def _checkpoint(
+    model: Classifier, config: FinetuneConfig, classes: list[str], best: _Best, metrics: dict
+) -> bytes:
     probe = config.strategy == "linear_probe"
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -507,13 +552,14 @@ def _checkpoint(model: Classifier, config: FinetuneConfig, classes: list[str], b
         "resize_size": ds.resize_size(config.image_size),
         "preprocessing": model.backbone.preprocessing(),
         "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
-        "backbone_state": None if probe else {
-            k: v.detach().cpu() for k, v in model.backbone.state_dict().items()},
+        "backbone_state": None
+        if probe
+        else {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()},
         "backbone_weights": backbone_weights_identity(config.backbone),
         "params": asdict(config),
         "epoch": best.epoch,
         "val_accuracy": metrics["accuracy"],
-    }  # fmt: skip
+    }
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
@@ -558,10 +604,12 @@ class FineTunedModel:
             probs = F.softmax(self.model(batch).float(), dim=1).cpu()
         values, indices = probs.topk(k, dim=1)
         return [
-            [{"label": self.classes[j], "probability": round(float(v), 6)}
-             for v, j in zip(row_v, row_i.tolist(), strict=True)]
+            [
+                {"label": self.classes[j], "probability": round(float(v), 6)}
+                for v, j in zip(row_v, row_i.tolist(), strict=True)
+            ]
             for row_v, row_i in zip(values, indices, strict=True)
-        ]  # fmt: skip
+        ]
 
 
 def load_model(data: bytes, device: str = "cpu") -> FineTunedModel:
@@ -580,8 +628,9 @@ def load_model(data: bytes, device: str = "cpu") -> FineTunedModel:
         if identity["sha256"] != state["backbone_weights"]["sha256"]:
             raise InvalidInput(
                 f"the installed {name} weights ({identity['file']}) differ from the ones this "
-                "model was trained on; reinstall them or fine-tune again", "model",
-            )  # fmt: skip
+                "model was trained on; reinstall them or fine-tune again",
+                "model",
+            )
         backbone = build_backbone(name)
     else:
         backbone = build_backbone(name, pretrained=False)
@@ -595,5 +644,6 @@ def load_model(data: bytes, device: str = "cpu") -> FineTunedModel:
     model = _prepare(Classifier(backbone, head), device, precision).eval()
     model.requires_grad_(False)
     info = {k: state[k] for k in ("backbone", "params", "epoch", "val_accuracy")}
-    return FineTunedModel(model, list(state["classes"]), int(state["image_size"]), device,
-                          precision, info)  # fmt: skip
+    return FineTunedModel(
+        model, list(state["classes"]), int(state["image_size"]), device, precision, info
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.kinds.fine_tune import SPEC
+
 
 def classification_report(truth: list[int], predicted: list[int], classes: list[str]) -> dict:
     """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: truth)."""
@@ -19,8 +21,12 @@ def classification_report(truth: list[int], predicted: list[int], classes: list[
         precision = tp / predicted_i if predicted_i else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(precision, 5), "recall": round(recall, 5),
-                           "f1": round(f1, 5), "support": support}  # fmt: skip
+        per_class[name] = {
+            "precision": round(precision, 5),
+            "recall": round(recall, 5),
+            "f1": round(f1, 5),
+            "support": support,
+        }
     correct = sum(matrix[i][i] for i in range(n))
     return {
         "accuracy": round(correct / len(truth), 5) if truth else 0.0,
@@ -45,8 +51,9 @@ def model_card(*, config: dict[str, Any], metrics: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for name in classes:
-        lines.append(f"| {name} | {metrics['dataset']['train'][name]} | "
-                     f"{metrics['dataset']['val'][name]} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {metrics['dataset']['train'][name]} | {metrics['dataset']['val'][name]} |"
+        )
     lines += [
         "",
         f"Unreadable images skipped: {metrics['dataset']['unreadable']}.",
@@ -60,11 +67,16 @@ def model_card(*, config: dict[str, Any], metrics: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, row in metrics["per_class"].items():
-        lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                     f"{row['f1']:.3f} | {row['support']} |")  # fmt: skip
-    shown = {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "image_size",
-                                    "val_split", "augment", "label_smoothing", "schedule",
-                                    "early_stopping", "seed")}  # fmt: skip
+        lines.append(
+            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | "
+            f"{row['f1']:.3f} | {row['support']} |"
+        )
+    # every field of the kind but the two the card's title already names
+    shown = {
+        p.name: config[p.name]
+        for p in SPEC.params
+        if p.engine and p.name not in ("backbone", "strategy") and p.name in config
+    }
     lines += [
         "",
         "## Training",

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-CONTENT_LAYER = "relu4_2"
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+from shared.kinds.style_transfer import CONTENT_LAYER, STYLE_LAYERS
+
 ALL_LAYERS = frozenset((CONTENT_LAYER, *STYLE_LAYERS))
 
 

@@ -1,8 +1,9 @@
 """Neural style transfer (Gatys et al.) by optimising the image, coarse to fine.
 
-``stylize`` is the one entry point: keyword-only parameters (defaults in ``params.py``),
-a progress callback after every optimiser step, and a :class:`StyleResult` whose
-``metrics`` record everything needed to reproduce the image.
+``stylize`` is the one entry point: a :class:`~.params.StyleParams` resolved from the
+kind's spec (shared/kinds/style_transfer.py) by ``StyleParams.resolve``, a progress
+callback after every optimiser step, and a :class:`StyleResult` whose ``metrics`` record
+everything needed to reproduce the image.
 
 Speed comes from doing few steps at full resolution: most of the budget goes to the small
 scales of a √2 pyramid, where a step costs a fraction of a full-size one, and each scale
@@ -22,6 +23,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from shared.kinds.style_transfer import SPEC
+
 from . import cpu_share, imaging, planning
 from .errors import InvalidInput, OutOfMemory
 from .lbfgs import LBFGS
@@ -33,11 +36,11 @@ from .losses import (
     loss_terms,
     make_targets,
 )
-from .params import DEFAULTS, LIMITS, PRESETS, Preset, StyleParams, resolve_params
+from .params import PRESETS, Preset, StyleParams
 from .style_targets import image_digest, style_grams
 from .weights import VGGFeatures, load_vgg19, weights_identity
 
-__all__ = ["DEFAULTS", "LIMITS", "PRESETS", "StyleProgress", "StyleResult", "stylize"]
+__all__ = ["PRESETS", "StyleParams", "StyleProgress", "StyleResult", "stylize"]
 
 ADAM_LR = 0.02  # in 0–1 pixel units: ~5 grey levels per step at the start
 EMA_BETA = 0.9  # iterate averaging (Adam only): smooths its step-to-step jitter
@@ -46,6 +49,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # one) and pays back only over many steps at one size: on by default only from here up.
 CUDNN_AUTOTUNE_MIN_PIXELS = 1024 * 768
 MIN_SIDE = 16  # four 2x poolings before relu5_1 must leave at least one pixel
+MAX_SIZE = int(SPEC.param("size").bounds()[1])  # the largest output the kind allows
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ def _style_dims(size: tuple[int, int], side: int) -> tuple[int, int]:
 
 def _style_long_side(side: int) -> int:
     """The longest a style input may be: its scale's side, or at most the largest size."""
-    return max(side, LIMITS.max_size)
+    return max(side, MAX_SIZE)
 
 
 def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Tensor]:
@@ -369,8 +373,8 @@ def _plan(
         needed = math.ceil(MIN_SIDE * max(content.size) / min(content.size))
         fix = (
             "so increase size"
-            if needed <= LIMITS.max_size
-            else f"and no size up to {LIMITS.max_size} reaches it, so crop the content"
+            if needed <= MAX_SIZE
+            else f"and no size up to {MAX_SIZE} reaches it, so crop the content"
         )
         raise InvalidInput(
             f"size {params.size} makes the output {dims[-1][0]}x{dims[-1][1]}; VGG19 needs "
@@ -386,62 +390,30 @@ def _plan(
 def stylize(
     content: Image.Image,
     styles: Sequence[Image.Image],
+    params: StyleParams | None = None,
     *,
-    size: int = DEFAULTS.size,
-    iterations: int | None = None,
-    preset: str = DEFAULTS.preset,
-    strength: float = DEFAULTS.strength,
-    style_weights: Sequence[float] | None = None,
-    content_weight: float | None = None,
-    style_weight: float | None = None,
-    tv_weight: float | None = None,
-    optimizer: str = DEFAULTS.optimizer,
-    init: str = DEFAULTS.init,
-    pooling: str = DEFAULTS.pooling,
-    preserve_color: str = DEFAULTS.preserve_color,
-    style_scale: float = DEFAULTS.style_scale,
-    content_layer: str = DEFAULTS.content_layer,
-    style_layers: Sequence[str] = DEFAULTS.style_layers,
-    style_layer_weights: Sequence[float] | None = None,
-    multiscale: bool = DEFAULTS.multiscale,
-    seed: int | None = None,
-    weights: str = DEFAULTS.weights,
-    device: str = DEFAULTS.device,
-    callback: Callable[[StyleProgress], None] | None = None,
+    on_progress: Callable[[StyleProgress], None] | None = None,
     precision: str = "auto",
 ) -> StyleResult:
-    """Paint ``content`` in the style of ``styles``; see docs/API.md for each parameter.
+    """Paint ``content`` in the style of ``styles`` with ``params``.
 
-    Raises InvalidInput (bad parameter, named), OutOfMemory (refused up front or a CUDA
-    OOM), WeightsUnavailable (missing weight file); a Canceled raised by ``callback``
-    propagates unchanged.
+    ``params`` comes from ``StyleParams.resolve(len(styles), ...)`` (None: every default,
+    a drawn seed); ``precision`` (auto, fp32, bf16) is how to compute, not what, so it is
+    not a job parameter.  Raises InvalidInput (bad parameter or image, named),
+    OutOfMemory (refused up front or a CUDA OOM), WeightsUnavailable (missing weight
+    file); a Canceled raised by ``on_progress`` propagates unchanged.
     """
     started = time.perf_counter()
     if isinstance(styles, Image.Image) or not isinstance(styles, Sequence):
         raise InvalidInput("styles must be a sequence of PIL images", "styles")
-    params = resolve_params(
-        len(styles),
-        size=size,
-        iterations=iterations,
-        preset=preset,
-        strength=strength,
-        style_weights=style_weights,
-        content_weight=content_weight,
-        style_weight=style_weight,
-        tv_weight=tv_weight,
-        optimizer=optimizer,
-        init=init,
-        pooling=pooling,
-        preserve_color=preserve_color,
-        style_scale=style_scale,
-        content_layer=content_layer,
-        style_layers=style_layers,
-        style_layer_weights=style_layer_weights,
-        multiscale=multiscale,
-        seed=seed,
-        weights=weights,
-        device=device,
-    )
+    if params is None:
+        params = StyleParams.resolve(len(styles))
+    elif len(params.style_weights) != len(styles):
+        raise InvalidInput(
+            f"params were resolved for {len(params.style_weights)} style images but "
+            f"{len(styles)} were given",
+            "styles",
+        )
     content_rgb = imaging.to_rgb(content, "content")
     style_rgbs = [imaging.to_rgb(s, f"styles[{i}]") for i, s in enumerate(styles)]
     dev = _resolve_device(params.device)
@@ -461,7 +433,7 @@ def stylize(
             dims,
             steps,
             spare,
-            callback,
+            on_progress,
             started,
         )
     except torch.cuda.OutOfMemoryError as exc:

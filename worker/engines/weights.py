@@ -24,10 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shared.kinds.style_transfer import SPEC
+
 from .errors import InvalidInput, WeightsUnavailable
 
-SOURCES = ("original", "torchvision")
-POOLINGS = ("max", "avg")
+# The choices are the kind's (shared/kinds/style_transfer.py); weights_path loads each.
+SOURCES = SPEC.param("weights").choices
+POOLINGS = SPEC.param("pooling").choices
 
 # (name, in_channels, out_channels) of every conv up to conv5_1; "pool" marks a pooling layer.
 # Nothing deeper is needed (the deepest layer used is relu5_1), so the net is cut there.
