@@ -60,7 +60,9 @@ def _make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    # LIFO: the connection used last goes out first, so a steady poll reuses a warm one
+    # (no ping) and the idle rest can age out
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True)
     _ping_idle_connections(engine)
     return engine
 
