@@ -1,6 +1,16 @@
 """Fine-tuning benchmark: held-out accuracy, wall time and images/s per backbone × strategy.
 
-Usage: python benchmarks/finetune.py --data PATH/TO/hymenoptera/train [--runs api,engine]
+Usage: python benchmarks/finetune.py --data PATH/TO/hymenoptera/train [--runs accuracy,wall]
+
+* ``accuracy`` (the default linear probe, honestly measured): the test fold is fixed
+  before any tuning — the ``--test-per-class`` images of each class whose file names sort
+  first — and is never used to choose anything. Each image's features are computed once
+  with the default backbone; then, per seed, exactly what a job does on them: the
+  seeded ``val_split`` split of the rest, λ by cross-validation on the training part, the
+  refit; accuracy on the fixed fold (worst, mean, spread over ``--seeds``). Repeated
+  stratified k-fold on the rest (every fold's λ chosen inside its own training part)
+  gives mean ± std over folds and repeats.
+* ``wall``: one whole default job through the engine (``fine_tune``) on every image.
 
 The data folder's ``<class>/<image>`` files are split (stratified, seeded) into a held-out
 test part (``--holdout``, never seen by training) and a pool that is zipped and uploaded.
@@ -235,15 +245,175 @@ def engine_run(pool: list, test: list, backbone: str, strategy: str, args) -> di
     }
 
 
+def fixed_test_fold(data: Path, per_class: int) -> tuple[list, list]:
+    """(pool, test): the ``per_class`` first file names of each class are the test fold."""
+    pool, test = [], []
+    for cls in sorted(p.name for p in data.iterdir() if p.is_dir()):
+        files = sorted(f for f in (data / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        test += [(cls, f) for f in files[:per_class]]
+        pool += [(cls, f) for f in files[per_class:]]
+    return pool, test
+
+
+def _features(items: list, config) -> tuple:
+    """Every image once through the default job's backbone, as the engine computes them."""
+    import torch
+
+    from worker.engines import datasets as ds
+    from worker.engines.backbones import build_backbone
+    from worker.engines.finetune import _autocast, _inputs, _prepare
+
+    backbone = _prepare(build_backbone(config.backbone), config.device, config.precision).eval()
+    crops = [
+        ds.center_crop(ds.decode(p.read_bytes(), config.image_size), config.image_size)
+        for _, p in items
+    ]
+    feats = []
+    with torch.inference_mode():
+        for i in range(0, len(crops), config.batch_size):
+            batch = torch.stack(crops[i : i + config.batch_size]).float().div_(255.0)
+            with _autocast(config.device, config.precision):
+                out = backbone(_inputs(batch, config.device, config.precision))
+            feats.append(out.float())
+    classes = sorted({c for c, _ in items})
+    return torch.cat(feats).clone(), torch.tensor([classes.index(c) for c, _ in items])
+
+
+def _job_head_accuracy(feats, labels, train_idx, test_idx, config, seed: int) -> tuple:
+    """What a default job does on cached features: CV-chosen λ, refit; test accuracy."""
+    import torch
+
+    from worker.engines.probe import choose_l2, fit_logistic, make_head
+
+    x, y = feats[train_idx], labels[train_idx]
+    choice = choose_l2(x, y, int(labels.max()) + 1, seed, config.epochs)
+    head = fit_logistic(
+        make_head(x.shape[1], int(labels.max()) + 1), x, y, choice.l2, config.epochs
+    )
+    with torch.no_grad():
+        correct = (head(feats[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
+    return correct, choice.l2
+
+
+def _summary(values: list[float]) -> dict:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return {
+        "n": len(values),
+        "mean": round(mean, 4),
+        "std": round(std, 4),
+        "worst": round(min(values), 4),
+        "spread": round(max(values) - min(values), 4),
+    }
+
+
+def accuracy_run(args) -> dict:
+    """Fixed test fold over seeds, and repeated stratified k-fold on the rest."""
+    import random
+
+    import torch
+
+    from worker.engines.finetune import FinetuneConfig
+    from worker.engines.probe import stratified_folds
+
+    config = FinetuneConfig.resolve(seed=0)
+    pool, test = fixed_test_fold(args.data, args.test_per_class)
+    started = time.monotonic()
+    feats, labels = _features(pool + test, config)
+    feature_seconds = time.monotonic() - started
+    n_pool = len(pool)
+    test_idx = torch.arange(n_pool, n_pool + len(test))
+    fixed = []
+    for seed in range(args.seeds):
+        rng, train = random.Random(seed), []  # the job's split (datasets.split) of the pool
+        for label in sorted(set(labels[:n_pool].tolist())):
+            group = sorted(
+                (i for i in range(n_pool) if labels[i] == label), key=lambda i: pool[i][1].name
+            )
+            rng.shuffle(group)
+            train += group[min(len(group) - 1, max(1, round(len(group) * config.val_split))) :]
+        acc, l2 = _job_head_accuracy(feats, labels, torch.tensor(train), test_idx, config, seed)
+        fixed.append({"seed": seed, "accuracy": round(acc, 4), "l2": l2})
+    kfold = []
+    for repeat in range(args.repeats):
+        for held in stratified_folds(labels[:n_pool], args.folds, 1000 + repeat):
+            keep = torch.ones(n_pool, dtype=torch.bool)
+            keep[held] = False
+            idx = keep.nonzero().flatten()
+            kfold.append(_job_head_accuracy(feats, labels, idx, held, config, repeat)[0])
+    return {
+        "run": "accuracy",
+        "backbone": config.backbone,
+        "strategy": config.strategy,
+        "precision": config.precision,
+        "feature_layers": list(_feature_layers(config.backbone)),
+        "pool_images": n_pool,
+        "test_fold": {
+            "rule": f"the {args.test_per_class} first file names per class, fixed before tuning",
+            "images": len(test),
+            "per_seed": fixed,
+            **_summary([f["accuracy"] for f in fixed]),
+        },
+        "kfold": {"folds": args.folds, "repeats": args.repeats, **_summary(kfold)},
+        "feature_seconds": round(feature_seconds, 1),
+        "target_met": min(f["accuracy"] for f in fixed) >= 0.93,
+    }
+
+
+def _feature_layers(backbone: str) -> tuple:
+    from worker.engines.backbones import build_backbone
+
+    return build_backbone(backbone, pretrained=False).feature_layers
+
+
+def wall_run(args) -> dict:
+    """One default job through the engine on every image: the wall-time target."""
+    from worker.engines.datasets import ImageDataset, LabeledImage
+    from worker.engines.finetune import FinetuneConfig, fine_tune
+
+    pool, test = fixed_test_fold(args.data, 0)
+    classes = sorted({cls for cls, _ in pool})
+    items = [LabeledImage(f"{c}/{p.name}", classes.index(c), p.read_bytes()) for c, p in pool]
+    started = time.monotonic()
+    result = fine_tune(ImageDataset(classes, items), FinetuneConfig.resolve(seed=args.seed))
+    wall = time.monotonic() - started
+    return {
+        "run": "wall",
+        "images": len(items),
+        "strategy": result.config.strategy,
+        "precision": result.config.precision,
+        "seconds": round(wall, 1),
+        "job_val_accuracy": result.metrics["accuracy"],
+        "head": {k: v for k, v in result.metrics["head"].items() if k != "scores"},
+        "timings": result.metrics["timings"],
+        "target_met": wall <= 120,
+    }
+
+
+def _command() -> str:
+    """This run's command line, the data folder's machine path replaced by a placeholder."""
+    argv = list(sys.argv[1:])
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--data":
+            argv[i] = "<hymenoptera>/train"
+        elif arg.startswith("--data="):
+            argv[i] = "--data=<hymenoptera>/train"
+    return " ".join(["python benchmarks/finetune.py", *argv])
+
+
 def main() -> int:
+    from benchmarks.harness import machine
     from shared.kinds.fine_tune import BACKBONES, SPEC, STRATEGIES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="<class>/<image> folder")
     parser.add_argument("--holdout", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=1, help="api runs on this many splits")
-    parser.add_argument("--runs", default="api,engine")
+    parser.add_argument("--seeds", type=int, default=5, help="accuracy: seeds; api: splits")
+    parser.add_argument("--runs", default="accuracy,wall", help="accuracy,wall,api,engine")
+    parser.add_argument("--test-per-class", type=int, default=15)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     image_size = SPEC.param("image_size").default
@@ -253,7 +423,12 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per poll
     runs = args.runs.split(",")
+    load_at_start = os.getloadavg()
     results = []
+    for name, run in (("accuracy", accuracy_run), ("wall", wall_run)):
+        if name in runs:
+            results.append(run(args))
+            print(json.dumps(results[-1]), flush=True)
     if "api" in runs:
         with tempfile.TemporaryDirectory(prefix="atelier-bench-") as tmp:
             service = Service(Path(tmp))
@@ -278,11 +453,17 @@ def main() -> int:
         "data": args.data.name,
         "holdout": args.holdout,
         "machine": {
-            "cpus": os.cpu_count(),
+            **machine(),
             "platform": platform.platform(),
+            "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
         },
-        "note": "api: real Redis + Celery worker + web; time from upload start to succeeded",
+        "command": _command(),
+        "note": (
+            "accuracy: features once per image, the job's head per seed/fold; test fold "
+            "fixed before tuning. wall: one default job through the engine. api: real "
+            "Redis + Celery worker + web; time from upload start to succeeded"
+        ),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

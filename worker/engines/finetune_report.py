@@ -1,4 +1,9 @@
-"""Evaluation numbers and the model card for a fine-tuned classifier (no torch needed)."""
+"""Evaluation numbers and the model card for a fine-tuned classifier (no torch needed).
+
+The card's "Load" section shows, for model.pt and for each exported format that
+``metrics["export"]`` lists as written, the few lines that load it, so a person who
+downloads one file knows what to install and what the network expects.
+"""
 
 from __future__ import annotations
 
@@ -91,6 +96,7 @@ def model_card(*, config: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"the short side is {round(config['image_size'] * 256 / 224)} px and centre-cropped "
         f"to {config['image_size']} px.",
         "",
+        *load_section(config["image_size"], metrics.get("export") or {}),
         "## Limits",
         "",
         "Validation accuracy on a small held-out split is a noisy estimate; the best epoch "
@@ -99,3 +105,67 @@ def model_card(*, config: dict[str, Any], metrics: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# format -> (file, what to install, three lines that load it and compute logits)
+LOAD_SNIPPETS = {
+    "onnx": (
+        "model.onnx",
+        "onnxruntime",
+        [
+            "import onnxruntime as ort",
+            'session = ort.InferenceSession("model.onnx")',
+            'logits = session.run(["logits"], {"images": batch})[0]',
+        ],
+    ),
+    "torchscript": (
+        "model.torchscript.pt",
+        "torch",
+        [
+            "import torch",
+            'model = torch.jit.load("model.torchscript.pt").eval()',
+            "logits = model(torch.from_numpy(batch))",
+        ],
+    ),
+}
+
+
+def load_section(image_size: int, export: dict[str, Any]) -> list[str]:
+    """The card's "Load" lines: model.pt always, each exported format that was written,
+    and the reason for one that was not (so its absence is not a mystery)."""
+    lines = [
+        "## Load",
+        "",
+        "`model.pt` (with this code base installed):",
+        "",
+        "```python",
+        "from worker.engines.finetune import load_model",
+        'model = load_model(open("model.pt", "rb").read())',
+        'print(model.predict([open("photo.jpg", "rb").read()]))',
+        "```",
+        "",
+    ]
+    for fmt, (name, package, code) in LOAD_SNIPPETS.items():
+        entry = export.get(fmt)
+        if entry is None:
+            continue
+        if "error" in entry:
+            reason = " ".join(str(entry["error"]).split())
+            lines += [f"`{name}` could not be exported: {reason}", ""]
+            continue
+        lines += [
+            f"`{name}` (needs only `{package}`; logits within "
+            f"{entry['max_abs_diff']:.1e} of PyTorch's):",
+            "",
+            "```python",
+            *code,
+            "```",
+            "",
+        ]
+    if any("error" not in entry for entry in export.values()):
+        lines += [
+            f"`batch` is a float32 array (N, 3, {image_size}, {image_size}): RGB values / 255 "
+            "of the centre crop described above; N is free.",
+            "",
+        ]
+    return lines

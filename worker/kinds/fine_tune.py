@@ -2,23 +2,29 @@
 
 The archive is listed and checked again here (the worker trusts no file it did not
 write); the engine resolves the strategy's defaults (shared/kinds/fine_tune.py) and
-records them in ``metrics.json``.
+records them in ``metrics.json``. The trained network is then exported to model.onnx
+and a TorchScript file (worker/engines/export.py) so it can leave the service; a format
+that fails is recorded in ``metrics["export"]`` and the job still succeeds with model.pt.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from shared.archives import SafeArchive, file_names
 from shared.dataset_layout import DatasetLayout, plan_layout
 from shared.errors import InputError
 from worker.engines.errors import InvalidInput
+from worker.engines.finetune_report import model_card
 from worker.kinds import KindRunner, RunContext, image_limits
 
 if TYPE_CHECKING:  # the engines (and torch) load only inside a job
     from worker.engines.datasets import ImageDataset
+    from worker.engines.export import ExportResult
+    from worker.engines.imaging import ImageLimits
 
 MODEL_FILE = "model.pt"
 
@@ -51,6 +57,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     config = FinetuneConfig.resolve(**ctx.engine_params(), device=ctx.settings.device)
     ctx.mark_processing()
 
+    last: dict[str, Any] = {"current": 0, "total": 1, "detail": None}  # the latest report
+
     def on_progress(p: FinetuneProgress) -> None:
         detail = {
             "epoch": p.epoch,
@@ -58,6 +66,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "val_accuracy": p.val_accuracy,
             "best_accuracy": p.best_accuracy,
         }
+        last.update(current=p.step, total=p.total, detail=detail)
         ctx.report(
             current=p.step,
             total=p.total,
@@ -68,10 +77,22 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
 
     result = fine_tune(dataset, config, on_progress=on_progress)
-    metrics = {**result.metrics, "ignored_files": len(layout.ignored)}
+
+    def on_export(fmt: str) -> None:  # the stage shows, and a cancel stops the export
+        ctx.report(**last, stage=f"exporting {fmt}", loss=None, force=True)
+
+    exported = export_model(result.checkpoint, dataset, dataset.limits, on_export)
+    metrics = {
+        **result.metrics,
+        "ignored_files": len(layout.ignored),
+        "export": exported.report,
+    }
     ctx.store_output(MODEL_FILE, result.checkpoint, "application/octet-stream")
+    for name, data in exported.files.items():
+        ctx.store_output(name, data, "application/octet-stream")
     ctx.store_output("metrics.json", json.dumps(metrics, indent=2).encode(), "application/json")
-    ctx.store_output("model_card.md", result.model_card.encode(), "text/markdown")
+    card = model_card(config=asdict(result.config), metrics=metrics)
+    ctx.store_output("model_card.md", card.encode(), "text/markdown")
     return {
         "device": result.config.device,
         "accuracy": result.metrics["accuracy"],
@@ -83,6 +104,38 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "seed": result.config.seed,
         "engine_seconds": result.metrics["timings"]["seconds"],
     }
+
+
+def export_model(
+    checkpoint: bytes,
+    dataset: ImageDataset,
+    limits: ImageLimits,
+    on_step: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """ONNX and TorchScript files of the checkpoint's network, with their parity.
+
+    The network is rebuilt from model.pt, so what is exported is exactly what predict
+    jobs load; parity is measured on crops of the dataset's own images (validation ones
+    when the archive had them). A failure becomes the export report's entry; only what
+    ``on_step`` raises (Canceled, Drained) goes through.
+    """
+    from worker.engines.export import SAMPLE_SIZE, ExportResult, export_all, sample_batch
+    from worker.engines.finetune import load_model
+
+    try:
+        model = load_model(checkpoint, device="cpu")
+        crops = []
+        for item in (dataset.val or []) + dataset.train:
+            if len(crops) >= SAMPLE_SIZE:
+                break
+            try:
+                crops.append(model.crop(item.data or b"", limits))
+            except (ValueError, InvalidInput):  # unreadable: the next one will do
+                continue
+    except Exception as exc:  # noqa: BLE001 - the job keeps model.pt whatever happens here
+        reason = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        return ExportResult(report={"onnx": reason, "torchscript": reason})
+    return export_all(model.model, sample_batch(crops, model.image_size), on_step)
 
 
 RUNNER = KindRunner(

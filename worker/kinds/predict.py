@@ -2,6 +2,9 @@
 
 ``model`` (a runner-only param) names a succeeded fine_tune job; its model.pt is found
 through its file row, since the attempt that wrote it decides where it is stored.
+``runtime=onnx`` runs the job's model.onnx with onnxruntime instead, on the crops that
+model.pt's own ``crop`` makes (model.pt still gives the classes and the preprocessing),
+so the two runtimes see the same pixels and must give the same labels.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.jobs import file_key
+from shared.kinds.predict import RUNTIME_FILES
 from shared.models import JobFile
 from shared.settings import Settings
 from shared.storage import Storage
@@ -21,27 +25,40 @@ from worker.kinds import KindRunner, RunContext, image_limits
 from worker.kinds.fine_tune import MODEL_FILE
 
 if TYPE_CHECKING:  # the engines (and torch) load only inside a job
+    from worker.engines.export import OnnxPredictor
     from worker.engines.finetune import FineTunedModel
     from worker.engines.imaging import ImageLimits
 
 PREDICT_BATCH = 16
 
 
-def model_key(settings: Settings, storage: Storage, model_id: str) -> str:
-    """Storage key of a fine-tune job's model.pt, from its file row (the attempt that
-    wrote it); InvalidInput when the row or the file is gone."""
+def model_key(settings: Settings, storage: Storage, model_id: str, name: str = MODEL_FILE) -> str:
+    """Storage key of a fine-tune job's output ``name``, from its file row (the attempt
+    that wrote it); InvalidInput when the row or the file is gone, naming ``model`` for
+    model.pt and ``runtime`` for another runtime's file (the field to change)."""
     with session_scope(settings.database_url) as session:
         row = session.scalar(
-            select(JobFile).where(JobFile.job_id == model_id, JobFile.name == MODEL_FILE)
+            select(JobFile).where(JobFile.job_id == model_id, JobFile.name == name)
         )
         key = None if row is None else file_key(model_id, row)
     if key is None or not storage.exists(key):
+        if name == MODEL_FILE:
+            raise InvalidInput(
+                f"fine_tune job {model_id} has no {MODEL_FILE} any more (deleted?); "
+                "fine-tune again or pick another model",
+                "model",
+            )
         raise InvalidInput(
-            f"fine_tune job {model_id} has no {MODEL_FILE} any more (deleted?); "
-            "fine-tune again or pick another model",
-            "model",
+            f"fine_tune job {model_id} has no {name} (its export failed or it predates "
+            "exports); use runtime=torch",
+            "runtime",
         )
     return key
+
+
+def read_key(storage: Storage, key: str) -> bytes:
+    with storage.open(key) as handle:
+        return handle.read()
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -49,15 +66,23 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from worker.engines.finetune import load_model
 
     model_id = ctx.params["model"]
+    runtime = ctx.params.get("runtime") or "torch"  # jobs queued before runtime existed
     model_file = model_key(ctx.settings, ctx.storage, model_id)
+    runtime_file = None
+    if runtime != "torch":
+        runtime_file = model_key(ctx.settings, ctx.storage, model_id, RUNTIME_FILES[runtime])
     images = ctx.inputs.get("image", [])
     names = ctx.params.get("image_names") or images  # as uploaded, when the web kept them
     data = [ctx.read(name) for name in images]
     ctx.mark_processing()
     ctx.report(current=0, total=len(data), stage="loading model", loss=None, force=True)
-    with ctx.storage.open(model_file) as handle:
-        checkpoint = handle.read()
-    model = load_model(checkpoint, device=ctx.settings.device)
+    model: FineTunedModel | OnnxPredictor
+    model = load_model(read_key(ctx.storage, model_file), device=ctx.settings.device)
+    if runtime_file is not None:
+        from worker.engines.export import OnnxPredictor, onnx_session
+
+        session = onnx_session(read_key(ctx.storage, runtime_file))
+        model = OnnxPredictor(session, model.classes, model.crop)
     predictions, limits, top_k = [], image_limits(ctx.settings), int(ctx.params["top_k"])
     for start in range(0, len(data), PREDICT_BATCH):
         end = start + PREDICT_BATCH
@@ -72,6 +97,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
     body = {
         "model": model_id,
+        "runtime": runtime,
         "classes": model.classes,
         "predictions": predictions,
         "unreadable": len(unreadable),
@@ -79,6 +105,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.store_output("predictions.json", json.dumps(body, indent=2).encode(), "application/json")
     return {
         "device": model.device,
+        "runtime": runtime,
         "model": model_id,
         "images": len(data),
         "unreadable": len(unreadable),
@@ -86,7 +113,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 
 def predict_chunk(
-    model: FineTunedModel, chunk: list[tuple[str, bytes]], top_k: int, limits: ImageLimits
+    model: FineTunedModel | OnnxPredictor,
+    chunk: list[tuple[str, bytes]],
+    top_k: int,
+    limits: ImageLimits,
 ) -> list[dict[str, Any]]:
     """Predictions for (name, bytes) pairs, in order; an unreadable image is listed, not fatal.
 
