@@ -92,7 +92,7 @@ def unavailable(error: dict) -> bool:
     return "never downloads at run time" in (error.get("message") or "")
 
 
-def wait_all(base: str, jobs: dict[str, Any], timeout: float = 600) -> dict[str, dict]:
+def wait_all(base: str, jobs: dict[str, Any], timeout: float = 2400) -> dict[str, dict]:
     ended: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
     while len(ended) < len(jobs) and time.monotonic() < deadline:
