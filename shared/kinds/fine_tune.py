@@ -19,6 +19,15 @@ STRATEGIES = ("linear_probe", "full", "gradual", "auto")
 SCHEDULES = ("cosine", "constant")
 MAX_EPOCHS = 200
 SEED_MAX = 2**32 - 1
+_BACKBONE_TRAINING: dict[str, Any] = {
+    "epochs": 6,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "augment": True,
+    "label_smoothing": 0.1,
+    "early_stopping": 3,
+}
 # What a strategy means when the client leaves a field out.
 STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear_probe": {
@@ -30,24 +39,9 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.0,
         "early_stopping": 10,
     },
-    "full": {
-        "epochs": 6,
-        "batch_size": 16,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "augment": True,
-        "label_smoothing": 0.1,
-        "early_stopping": 3,
-    },
-    "gradual": {
-        "epochs": 6,
-        "batch_size": 16,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "augment": True,
-        "label_smoothing": 0.1,
-        "early_stopping": 3,
-    },
+    # full and gradual both train the backbone: the same budget suits both
+    "full": dict(_BACKBONE_TRAINING),
+    "gradual": dict(_BACKBONE_TRAINING),
     "auto": {},
 }
 
