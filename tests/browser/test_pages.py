@@ -113,7 +113,13 @@ def test_style_job_progress_preview_and_result(page, live_server, screenshots):
     expect(page.locator("#bar")).to_have_attribute("value", "100.0")  # a <progress>
     result = page.locator("#result")
     assert result.get_attribute("src").endswith("/result.png")
-    assert result.evaluate("img => img.complete && img.naturalWidth") == 64
+    # the script swaps the preview for the result: wait for the new image to decode
+    page.wait_for_function(
+        "img => img.complete && img.src.endsWith('/result.png') && img.naturalWidth > 0",
+        arg=result.element_handle(),
+        timeout=15_000,
+    )
+    assert result.evaluate("img => img.naturalWidth") == 64
     assert page.is_visible("#compare")  # before/after
     assert page.locator("#downloads a", has_text="result.png").count() == 1
     assert not page.is_visible("#cancel")
@@ -139,7 +145,15 @@ def test_gallery_filters_thumbnails_and_delete(page, live_server, screenshots):
     page.goto(live_server + "/jobs")
     succeeded = page.locator('.card[data-status="succeeded"] img[src$="/thumbnail.jpg"]')
     assert succeeded.count() >= 1
-    assert succeeded.first.evaluate("img => img.complete && img.naturalWidth") > 0
+    # Thumbnails are loading="lazy": the page's load event does not wait for them, so wait
+    # for the first one itself (bounded) instead of reading it once.
+    thumbnail = succeeded.first
+    thumbnail.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0",
+        arg=thumbnail.element_handle(),
+        timeout=15_000,
+    )
     page.screenshot(path=screenshots / "gallery.png", full_page=True)
 
     # Submitting the filter form navigates: wait for the new page before counting cards.
