@@ -17,6 +17,10 @@ from shared.queue import GPU_QUEUE
 BACKBONES = ("vgg19", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0")
 STRATEGIES = ("linear_probe", "full", "gradual", "auto")
 SCHEDULES = ("cosine", "constant")
+# Which portable copies of the trained network a job also stores next to model.pt: each
+# costs seconds and about the model's size again, so a job that only predicts here can
+# skip them.
+EXPORTS = ("all", "onnx", "torchscript", "none")
 MAX_EPOCHS = 200
 SEED_MAX = 2**32 - 1
 _BACKBONE_TRAINING: dict[str, Any] = {
@@ -164,6 +168,18 @@ PARAMS = (
         label="Time budget (s)",
     ),
     Param("seed", "int", "random seed", minimum=0, maximum=SEED_MAX, random=True, expert=True),
+    Param(
+        "export",
+        "choice",
+        "portable copies stored next to model.pt: model.onnx and model.torchscript.pt "
+        "(all), one of them, or none (faster and smaller; predict runtime=onnx then "
+        "refuses the model)",
+        default="all",
+        choices=EXPORTS,
+        engine=False,
+        expert=True,
+        label="Export formats",
+    ),
 )
 
 SPEC = KindSpec(

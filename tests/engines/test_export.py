@@ -13,7 +13,7 @@ from worker.engines.datasets import ImageDataset, LabeledImage
 from worker.engines.errors import Canceled
 from worker.engines.finetune import FinetuneConfig, fine_tune, load_model
 from worker.engines.finetune_report import model_card
-from worker.kinds.fine_tune import export_model
+from worker.kinds.fine_tune import export_formats, export_model
 
 TOLERANCE = 1e-4  # fp32 logits, same weights: only kernel order differs
 
@@ -118,3 +118,37 @@ def test_a_cancel_during_export_stops_it(trained):
     with pytest.raises(Canceled):
         export_model(result.checkpoint, dataset, dataset.limits, cancel)
     assert steps == ["onnx"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "files"),
+    [
+        ("all", {export.ONNX_FILE, export.TORCHSCRIPT_FILE}),
+        ("onnx", {export.ONNX_FILE}),
+        ("torchscript", {export.TORCHSCRIPT_FILE}),
+        ("none", set()),
+    ],
+)
+def test_the_export_param_picks_the_formats(trained, choice, files):
+    result, _, _, _ = trained
+    files_data = shape_files(2, seed=6)
+    items = [LabeledImage(n, CLASSES.index(n.split("/")[0]), d) for n, d in files_data.items()]
+    dataset = ImageDataset(list(CLASSES), items)
+    steps: list[str] = []
+    outcome = export_model(
+        result.checkpoint, dataset, dataset.limits, steps.append, export_formats(choice)
+    )
+    assert set(outcome.files) == files and steps == list(outcome.report)
+    assert all("error" not in entry for entry in outcome.report.values())
+    card = model_card(
+        config=asdict(result.config), metrics={**result.metrics, "export": outcome.report}
+    )
+    assert ("InferenceSession" in card) == (export.ONNX_FILE in files)
+    assert ("torch.jit.load" in card) == (export.TORCHSCRIPT_FILE in files)
+
+
+def test_the_spec_offers_exactly_the_engines_formats():
+    """shared/ cannot import the engine: this ties the spec's choices to its formats."""
+    from shared.kinds.fine_tune import EXPORTS
+
+    assert EXPORTS == ("all", *export.FORMATS, "none")

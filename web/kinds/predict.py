@@ -52,8 +52,9 @@ def check_model(ctx: SubmitContext, model_id: str, runtime: str = "torch") -> No
     wanted = RUNTIME_FILES[runtime]
     if wanted not in names:
         raise InputError(
-            f"runtime: fine_tune job {model_id} has no {wanted} (its export failed or it "
-            "predates exports; see its metrics.json); use runtime=torch",
+            f"runtime: fine_tune job {model_id} has no {wanted} (its export failed, was "
+            "left out by its export param, or it predates exports; see its metrics.json); "
+            "use runtime=torch",
             field="runtime",
         )
 

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+FORMATS = ("onnx", "torchscript")  # fine_tune's ``export`` param picks among these
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 SAMPLE_SIZE = 8  # images in the parity batch
@@ -142,8 +143,9 @@ def export_all(
     module: nn.Module,
     sample: torch.Tensor,
     on_step: Callable[[str], None] | None = None,
+    formats: tuple[str, ...] = FORMATS,
 ) -> ExportResult:
-    """Both formats of ``module`` with their parity against PyTorch on ``sample``.
+    """The ``formats`` of ``module`` with their parity against PyTorch on ``sample``.
 
     A format that fails is reported as ``{"error": reason}`` and left out of ``files``.
     ``on_step(format)`` runs before each export, outside the failure net, so a job's
@@ -152,11 +154,13 @@ def export_all(
     module = fp32_copy(module)
     sample = sample.to("cpu", torch.float32).contiguous()
     result = ExportResult()
-    formats: dict[str, tuple[str, Callable[[], tuple[bytes, Callable]]]] = {
+    builders: dict[str, tuple[str, Callable[[], tuple[bytes, Callable]]]] = {
         "onnx": (ONNX_FILE, lambda: _onnx_run(module, sample)),
         "torchscript": (TORCHSCRIPT_FILE, lambda: _torchscript_run(module, sample)),
     }
-    for fmt, (name, build) in formats.items():
+    for fmt, (name, build) in builders.items():
+        if fmt not in formats:
+            continue
         if on_step is not None:
             on_step(fmt)
         try:

@@ -3,8 +3,9 @@
 The archive is listed and checked again here (the worker trusts no file it did not
 write); the engine resolves the strategy's defaults (shared/kinds/fine_tune.py) and
 records them in ``metrics.json``. The trained network is then exported to model.onnx
-and a TorchScript file (worker/engines/export.py) so it can leave the service; a format
-that fails is recorded in ``metrics["export"]`` and the job still succeeds with model.pt.
+and a TorchScript file (worker/engines/export.py) so it can leave the service, unless the
+``export`` param asks for fewer; a format that fails is recorded in ``metrics["export"]``
+and the job still succeeds with model.pt.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     def on_export(fmt: str) -> None:  # the stage shows, and a cancel stops the export
         ctx.report(**last, stage=f"exporting {fmt}", loss=None, force=True)
 
-    exported = export_model(result.checkpoint, dataset, dataset.limits, on_export)
+    formats = export_formats(ctx.params.get("export") or "all")  # "all" before it existed
+    exported = export_model(result.checkpoint, dataset, dataset.limits, on_export, formats)
     metrics = {
         **result.metrics,
         "ignored_files": len(layout.ignored),
@@ -106,11 +108,21 @@ def run(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def export_formats(choice: str) -> tuple[str, ...]:
+    """The formats the ``export`` param asks for: all of them, one, or none."""
+    from worker.engines.export import FORMATS
+
+    if choice == "all":
+        return FORMATS
+    return () if choice == "none" else (choice,)
+
+
 def export_model(
     checkpoint: bytes,
     dataset: ImageDataset,
     limits: ImageLimits,
     on_step: Callable[[str], None] | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> ExportResult:
     """ONNX and TorchScript files of the checkpoint's network, with their parity.
 
@@ -119,9 +131,12 @@ def export_model(
     when the archive had them). A failure becomes the export report's entry; only what
     ``on_step`` raises (Canceled, Drained) goes through.
     """
-    from worker.engines.export import SAMPLE_SIZE, ExportResult, export_all, sample_batch
+    from worker.engines.export import FORMATS, SAMPLE_SIZE, ExportResult, export_all, sample_batch
     from worker.engines.finetune import load_model
 
+    formats = FORMATS if formats is None else formats
+    if not formats:  # export=none: nothing to build, and no format to report
+        return ExportResult()
     try:
         model = load_model(checkpoint, device="cpu")
         crops = []
@@ -134,8 +149,8 @@ def export_model(
                 continue
     except Exception as exc:  # noqa: BLE001 - the job keeps model.pt whatever happens here
         reason = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        return ExportResult(report={"onnx": reason, "torchscript": reason})
-    return export_all(model.model, sample_batch(crops, model.image_size), on_step)
+        return ExportResult(report={fmt: reason for fmt in formats})
+    return export_all(model.model, sample_batch(crops, model.image_size), on_step, formats)
 
 
 RUNNER = KindRunner(

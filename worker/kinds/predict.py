@@ -49,8 +49,8 @@ def model_key(settings: Settings, storage: Storage, model_id: str, name: str = M
                 "model",
             )
         raise InvalidInput(
-            f"fine_tune job {model_id} has no {name} (its export failed or it predates "
-            "exports); use runtime=torch",
+            f"fine_tune job {model_id} has no {name} (its export failed, was left out by "
+            "its export param, or it predates exports); use runtime=torch",
             "runtime",
         )
     return key
