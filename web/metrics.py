@@ -12,12 +12,25 @@ reused in between (a write through the same process drops it). The queue lengths
 one pipelined round trip to Redis and are read on every scrape: they are what autoscaling
 watches, and they move fastest.
 
+``atelier_queue_load{queue}`` is what KEDA scales each queue's workers on
+(deploy/k8s/base/scaledobjects.yaml): the messages waiting in the queue plus those a
+worker holds. With ``acks_late`` a message stays in kombu's ``unacked`` hash from
+delivery until its task ends, so that second part is the jobs running and prefetched,
+which a scaler reading only the list length misses: it would see an empty queue while
+every worker is busy and scale them away. The number is not divided by anything here:
+jobs per worker is a property of the worker Deployment (its ``--concurrency`` and GPUs),
+so the ScaledObject's threshold holds it, next to that Deployment, and the autoscaler's
+``ceil(load / threshold)`` is the replica count. A worker killed outright leaves its
+message in ``unacked`` until Redis redelivers it (the visibility timeout), so the load
+counts that job once more meanwhile: one spare pod, never one too few.
+
 Counters are counts of rows, so deleting finished jobs lowers them; Prometheus reads a
 drop as a counter reset (``rate()`` stays right unless deletions are large and frequent).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -168,28 +181,56 @@ def database_metrics(session: Session, heartbeat_timeout: float) -> list[Metric]
     ]
 
 
+def unacked_per_queue(entries: Iterable[bytes | str]) -> dict[str, int]:
+    """Count kombu's ``unacked`` hash values by routing key, which is the queue's name.
+
+    Each value is kombu's JSON ``[message, exchange, routing_key]``; Celery routes a task
+    to queue Q through exchange Q with routing key Q. An entry that does not parse counts
+    in the total (``atelier_queue_unacked``) but toward no queue.
+    """
+    counts: dict[str, int] = {}
+    for entry in entries:
+        try:
+            routing_key = json.loads(entry)[2]
+        except (ValueError, TypeError, IndexError, KeyError):
+            continue
+        if isinstance(routing_key, str):
+            counts[routing_key] = counts.get(routing_key, 0) + 1
+    return counts
+
+
 def queue_metrics(client: redis.Redis, queues: Iterable[str] = QUEUES) -> list[Metric]:
-    """Messages waiting in each queue (all priority lists) and delivered-but-unacked ones."""
+    """Messages waiting in each queue (all priority lists), delivered-but-unacked ones, and
+    their sum per queue (the load KEDA scales on; see the module docstring)."""
     queues = list(queues)
     pipe = client.pipeline(transaction=False)
     for queue in queues:
         pipe.llen(queue)
         for step in KOMBU_PRIORITY_STEPS:
             pipe.llen(f"{queue}{KOMBU_PRIORITY_SEP}{step}")
-    pipe.hlen(KOMBU_UNACKED)
-    lengths = pipe.execute()
+    pipe.hvals(KOMBU_UNACKED)  # a few entries: one per busy or prefetching worker slot
+    *lengths, unacked_entries = pipe.execute()
+    held = unacked_per_queue(unacked_entries)
     depth = GaugeMetricFamily(
         "atelier_queue_depth", "Messages waiting in a Celery queue (Redis)", labels=["queue"]
     )
+    load = GaugeMetricFamily(
+        "atelier_queue_load",
+        "Messages waiting in a queue plus those its workers hold (running or prefetched):"
+        " what KEDA scales the queue's workers on, divided by jobs per worker",
+        labels=["queue"],
+    )
     per_queue = 1 + len(KOMBU_PRIORITY_STEPS)
     for i, queue in enumerate(queues):
-        depth.add_metric([queue], sum(lengths[i * per_queue : (i + 1) * per_queue]))
+        waiting = sum(lengths[i * per_queue : (i + 1) * per_queue])
+        depth.add_metric([queue], waiting)
+        load.add_metric([queue], waiting + held.get(queue, 0))
     unacked = GaugeMetricFamily(
         "atelier_queue_unacked",
         "Messages a worker holds but has not acknowledged (running jobs, acks_late)",
-        value=lengths[-1],
+        value=len(unacked_entries),
     )
-    return [depth, unacked]
+    return [depth, unacked, load]
 
 
 class _Snapshot:
