@@ -64,7 +64,9 @@ def start_gunicorn(target: str, env: dict[str, str], log: Path) -> tuple[object,
     from worker.embedded import web_command
 
     port = harness.free_port()
-    command = web_command("127.0.0.1", port, workers=WEB_WORKERS)
+    # 4 threads, as the committed results were measured (before ATELIER_WEB_THREADS);
+    # no event streams run here, so more threads would only add lock contention
+    command = web_command("127.0.0.1", port, workers=WEB_WORKERS, threads=4)
     command[command.index("web.wsgi:app")] = target
     proc = harness.start(command, env, log)
     base = f"http://127.0.0.1:{port}"

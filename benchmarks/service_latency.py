@@ -35,7 +35,8 @@ def start_web(settings, workers: int) -> tuple[object, str]:
     from worker.embedded import web_command
 
     port = harness.free_port()
-    command = web_command("127.0.0.1", port, workers=workers)
+    # 4 threads, as the committed results were measured (before ATELIER_WEB_THREADS)
+    command = web_command("127.0.0.1", port, workers=workers, threads=4)
     command[command.index("--access-logfile") + 1] = "/dev/null"
     proc = harness.start(command, harness.settings_env(settings), settings.var_dir / "web.log")
     base = f"http://127.0.0.1:{port}"

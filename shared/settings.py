@@ -71,6 +71,11 @@ class Settings:
     metrics_token: str | None = None
     # modules (comma list) imported at start-up that register extra job kinds
     kind_modules: str | None = None
+    # `atelier web`: gunicorn threads per process; an open event stream (or a submit
+    # waiting under `Prefer: wait`) holds one for its whole life, so each process serves
+    # at most max_streams of them and keeps the other threads for the API
+    web_threads: int = 256
+    max_streams: int = 240
 
     @property
     def broker_url(self) -> str:
@@ -108,6 +113,13 @@ class Settings:
             raise ValueError("ATELIER_S3_DOWNLOADS must be presigned or proxy")
         if self.max_aspect_ratio < 1:
             raise ValueError("ATELIER_MAX_ASPECT_RATIO must be at least 1")
+        if not 1 <= self.web_threads <= 1024:
+            raise ValueError("ATELIER_WEB_THREADS must be from 1 to 1024")
+        if not 0 <= self.max_streams < self.web_threads:
+            raise ValueError(
+                "ATELIER_MAX_STREAMS must be 0 or more and below ATELIER_WEB_THREADS, so "
+                "streams leave threads for the API"
+            )
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ValueError("ATELIER_PUBLIC_URL must start with http:// or https://")
         return self

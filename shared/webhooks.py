@@ -43,7 +43,12 @@ from shared.timeutil import isoformat
 log = logging.getLogger(__name__)
 
 DEADLINE = 10.0  # seconds for one whole attempt: resolve, connect, TLS, send, status + headers
-EVENTS = ("start", "completed")
+DEFAULT_EVENTS = ("start", "completed")
+# opt-in: throttled progress, and "output" when a new preview is stored (worker/progress.py)
+EVENTS = (*DEFAULT_EVENTS, "progress", "output")
+# seconds between two progress (or two output) webhooks of one job: a receiver gets a
+# handful a minute, not one per progress write
+PROGRESS_INTERVAL = 5.0
 MAX_URL = 2000
 DELIVERED, FAILED, REFUSED = "delivered", "failed", "refused"
 
@@ -168,9 +173,9 @@ def check_target(url: str, *, allow_private: bool, resolver: Resolver | None = N
 
 
 def parse_events(raw: str | None) -> str:
-    """Comma list of events, default both; returns the normalised list as a string."""
+    """Comma list of events, default start and completed; returns the normalised list."""
     if raw is None or raw.strip() == "":
-        return ",".join(EVENTS)
+        return ",".join(DEFAULT_EVENTS)
     events = [e.strip() for e in raw.split(",") if e.strip()]
     unknown = [e for e in events if e not in EVENTS]
     if unknown or not events:
@@ -195,8 +200,21 @@ def verify(secret: str, header: str, body: bytes) -> bool:
     return hmac.compare_digest(expected, header)
 
 
+def _progress(job: Job) -> dict[str, Any]:
+    total = job.progress_total or 0
+    return {
+        "current": job.progress_current,
+        "total": total,
+        "percent": round(100.0 * job.progress_current / total, 1) if total else 0.0,
+        "stage": job.progress_stage,
+        "eta_seconds": job.eta_seconds,
+        "loss": job.progress_loss,
+    }
+
+
 def payload(job: Job, event: str) -> dict[str, Any]:
     outputs = [f.name for f in job.files if f.role == "result"]
+    preview = next((f.name for f in job.files if f.role == "preview"), None)
     return {
         "event": event,
         "job": {
@@ -210,6 +228,10 @@ def payload(job: Job, event: str) -> dict[str, Any]:
             "started_at": isoformat(job.started_at),
             "finished_at": isoformat(job.finished_at),
             "outputs": [{"name": n, "url": f"/api/v1/jobs/{job.id}/files/{n}"} for n in outputs],
+            "progress": _progress(job),
+            "preview": {"url": f"/api/v1/jobs/{job.id}/files/{preview}", "step": job.preview_step}
+            if preview
+            else None,
             "urls": {"self": f"/api/v1/jobs/{job.id}"},
         },
     }

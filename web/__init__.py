@@ -43,7 +43,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config)
 
-    from web import api, auth, csrf, db, errors, health, metrics, openapi, pages, queue, security
+    from web import (
+        api,
+        auth,
+        csrf,
+        db,
+        errors,
+        events,
+        health,
+        metrics,
+        openapi,
+        pages,
+        queue,
+        security,
+    )
 
     db.init_app(app)
     queue.init_app(app)
@@ -52,6 +65,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     csrf.init_app(app)
     app.register_blueprint(api.bp)
+    events.init_app(app)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)

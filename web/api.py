@@ -8,19 +8,20 @@ from dataclasses import asdict
 
 from flask import Blueprint, abort, jsonify, redirect, request, send_file
 
+from shared import events as shared_events
 from shared import states
 from shared.db import get_engine
 from shared.errors import InputError
 from shared.housekeeping import active_predicts
-from shared.jobs import file_key, get_job, list_jobs, read_job
+from shared.jobs import JobRead, file_key, get_job, list_jobs, read_job
 from shared.models import Job
 from shared.quotas import lock_owner
 from shared.storage import is_inline, open_storage
-from web import db, queue
+from web import db, events, queue
 from web.auth import current_owner, owner_filter
 from web.query import list_query
 from web.serializers import job_to_dict, read_to_dict
-from web.submit import submit_job
+from web.submit import prefer_wait, submit_job
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -34,6 +35,9 @@ def _job_or_404(job_id: str) -> Job:
 
 @bp.post("/jobs")
 def create_job():
+    """Submit; with ``Prefer: wait=N`` the answer waits up to N s for the job to end and
+    is then the finished job (201, or 200 for an idempotent repeat), else 202 as ever."""
+    wait = prefer_wait(request.headers.get("Prefer"))
     job, created = submit_job(
         request.form,
         request.files,
@@ -41,10 +45,37 @@ def create_job():
         db.settings(),
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
-    response = jsonify(job_to_dict(db.session(), job))
-    response.status_code = 202 if created else 200
+    body, status = job_to_dict(db.session(), job), 202 if created else 200
+    applied = None
+    if wait:
+        db.session().close()  # no pooled connection is held while waiting
+        finished = _wait(job.id, wait)
+        applied = f"wait={wait}" if finished is not False else None
+        if finished:
+            body, status = read_to_dict(finished), 201 if created else 200
+    response = jsonify(body)
+    response.status_code = status
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    if applied:
+        response.headers["Preference-Applied"] = applied
     return response
+
+
+def _wait(job_id: str, seconds: int) -> JobRead | None | bool:
+    """The job if it ended within ``seconds``; None if not; False when the process had
+    no room to wait (the submit still answers 202: the job exists)."""
+    try:
+        read = events.wait_for_end(db.settings(), job_id, owner_filter(), seconds)
+    except InputError as exc:
+        if exc.code != "busy":
+            raise
+        return False
+    return read if read is not None and read.job.status in states.TERMINAL else None
+
+
+def publish_status(job_id: str) -> None:
+    """Tell the job's open event streams (web/events.py) that its row changed here."""
+    shared_events.notify(db.settings(), job_id, shared_events.STATUS)
 
 
 def get_job_view(job_id: str):
@@ -83,6 +114,7 @@ def cancel_job(job_id: str):
     if not canceled_here:
         states.request_cancel(session, job_id)
     session.commit()
+    publish_status(job_id)
     if canceled_here:
         queue.revoke(job_id)
         if job.webhook_url:
@@ -116,6 +148,7 @@ def delete_job(job_id: str):
         )
     session.delete(job)
     session.commit()
+    publish_status(job_id)  # its open streams end
     settings = db.settings()
     open_storage(settings.storage_url, settings).delete_prefix(f"jobs/{job_id}")
     return "", 204

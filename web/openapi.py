@@ -16,9 +16,17 @@ from flask import Blueprint, jsonify, render_template
 from shared.kinds import KINDS, FileField, KindSpec
 from shared.settings import Settings
 from shared.states import ERROR_CODES, STATUSES
+from shared.webhooks import PROGRESS_INTERVAL
 from web import db
+from web.events import (
+    MAX_LAST_EVENT_ID,
+    PROGRESS_MIN_GAP,
+    RECHECK_SECONDS,
+    STREAM_MAX_SECONDS,
+)
 from web.kinds.describe import param_rows
 from web.query import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
+from web.submit import MAX_PREFER_LENGTH, MAX_PREFER_WAIT
 
 bp = Blueprint("openapi", __name__)
 VERSION = "1.0.0"
@@ -31,7 +39,12 @@ COMMON_FIELDS: dict[str, dict[str, Any]] = {
         "description": "URL POSTed (signed: Atelier-Signature) on the events below; "
         "loopback/private targets are refused unless the operator allows them",
     },
-    "webhook_events": {"type": "string", "description": "comma list of start,completed"},
+    "webhook_events": {
+        "type": "string",
+        "description": "comma list of start,completed,progress,output (default "
+        f"start,completed); progress and output (a new preview) come at most every "
+        f"{PROGRESS_INTERVAL:g} s per job",
+    },
 }
 
 
@@ -261,6 +274,66 @@ def _submit_body() -> dict[str, Any]:
     }
 
 
+PREFER_WAIT = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": MAX_PREFER_LENGTH},
+    "description": f"`wait=N` (RFC 7240), N whole seconds 0-{MAX_PREFER_WAIT}: answer with the "
+    "finished job (201) when it ends within N s, else 202 as without it; Preference-Applied "
+    "says it was honoured. Other preferences are ignored; a bad wait value is a 400 naming "
+    "Prefer. A web process that serves its most streams and waits answers 202 at once.",
+}
+
+
+def _events_path() -> dict[str, Any]:
+    """``GET /api/v1/jobs/{id}/events``, with the bounds web/events.py keeps."""
+    return {
+        "parameters": [JOB_ID],
+        "get": {
+            "operationId": "streamJobEvents",
+            "summary": "The job's status, progress and previews as server-sent events",
+            "description": "text/event-stream. First a `status` event with the job as "
+            "GET /api/v1/jobs/{id} answers it, then `status` (the job, on each change), "
+            f"`progress` (the job's progress, at most every {PROGRESS_MIN_GAP} s), `preview` "
+            "({url, step}, when a new preview is stored) and, when the job ends, `end` "
+            "({status}: the final status, or `deleted`), after which the stream closes. "
+            "Event ids are the job's increasing event numbers; a reconnect with "
+            "Last-Event-ID gets the current state only if it changed since. A comment every "
+            f"{int(RECHECK_SECONDS)} s keeps proxies open; a stream lasts at most "
+            f"{int(STREAM_MAX_SECONDS)} s, then EventSource reconnects by itself.",
+            "parameters": [
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {
+                        "type": "string",
+                        "pattern": "^[0-9]*$",
+                        "maxLength": MAX_LAST_EVENT_ID,
+                    },
+                    "description": "the id of the last event received (EventSource sends it "
+                    f"on a reconnect): up to {MAX_LAST_EVENT_ID} digits, else a 400 naming it",
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "the event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "204": {"description": "a reconnect to a job that ended and was seen: done"},
+                "400": _error("bad Last-Event-ID"),
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "503": {
+                    **_error("this web process serves its most streams; poll the job"),
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                },
+            },
+        },
+    }
+
+
 def _paths() -> dict[str, Any]:
     submit_body = _submit_body()
     return {
@@ -268,7 +341,8 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "submitJob",
                 "summary": "Submit a job",
-                "description": "Stores and enqueues the job; answers at once. A refused request "
+                "description": "Stores and enqueues the job; answers at once (or, with "
+                "Prefer: wait=N, when the job ends or N s passed). A refused request "
                 "leaves no job, no queued message and no file.",
                 "parameters": [
                     {
@@ -278,7 +352,8 @@ def _paths() -> dict[str, Any]:
                         "schema": {"type": "string"},
                         "description": "same key from the same owner within 24 h returns the "
                         "first job (200) instead of creating another",
-                    }
+                    },
+                    PREFER_WAIT,
                 ],
                 "requestBody": submit_body,
                 "responses": {
@@ -291,7 +366,21 @@ def _paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    "200": _job_response("an earlier job with the same Idempotency-Key"),
+                    "200": _job_response(
+                        "an earlier job with the same Idempotency-Key (finished, with "
+                        "Preference-Applied, when Prefer: wait=N saw it end)"
+                    ),
+                    "201": {
+                        **_job_response(
+                            "Prefer: wait=N and the job ended within N s: the finished job"
+                        ),
+                        "headers": {
+                            "Preference-Applied": {
+                                "schema": {"type": "string"},
+                                "description": "wait=N",
+                            }
+                        },
+                    },
                     "400": _error("bad parameter or unreadable file; `field` names it"),
                     "401": UNAUTHORIZED,
                     "413": _error("a file or the request is larger than the server allows"),
@@ -338,6 +427,7 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/api/v1/jobs/{id}/events": _events_path(),
         "/api/v1/jobs/{id}/cancel": {
             "parameters": [JOB_ID],
             "post": {

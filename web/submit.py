@@ -39,6 +39,33 @@ from web.ratelimit import check_submit_rate
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_KEY = 255
+MAX_PREFER_WAIT = 60  # seconds a submit may hold its connection for the job to end
+MAX_PREFER_LENGTH = 256
+
+
+def prefer_wait(header: str | None) -> int | None:
+    """The N of ``Prefer: wait=N`` (RFC 7240), 0-60 s; other preferences are ignored.
+
+    Checked before anything is stored, so a bad value refuses the submit (400 naming
+    ``Prefer``) instead of creating a job the client cannot tell was made.
+    """
+    if header is None:
+        return None
+    if len(header) > MAX_PREFER_LENGTH or not header.isprintable():
+        raise InputError(
+            f"Prefer must be at most {MAX_PREFER_LENGTH} printable characters", field="Prefer"
+        )
+    for preference in header.split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value.isascii() or not value.isdigit() or int(value) > MAX_PREFER_WAIT:
+            raise InputError(
+                f"Prefer: wait=N takes whole seconds from 0 to {MAX_PREFER_WAIT}", field="Prefer"
+            )
+        return int(value)
+    return None
 
 
 def find_idempotent(owner: str, key: str | None) -> Job | None:

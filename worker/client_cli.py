@@ -24,6 +24,7 @@ import sys
 import time
 from argparse import ArgumentParser
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
@@ -110,6 +111,22 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json()
 
+    def events(
+        self, job_id: str, last_event_id: str | None = None
+    ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+        """The job's event stream as (event, data, id) until the server closes it.
+
+        Raises ApiError when the server refuses the stream (503 at its limit of streams;
+        404 from a server without one): the caller polls instead.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        path = f"/api/v1/jobs/{job_id}/events"
+        with self._request("GET", path, stream=True, headers=headers) as response:
+            if response.status_code == 200:
+                yield from parse_events(response.iter_lines(decode_unicode=True))
+
     def download(self, item: dict[str, Any], directory: Path) -> Path:
         """Stream one file of a job into ``directory`` (written whole, then renamed)."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -121,6 +138,26 @@ class Client:
                     handle.write(chunk)
         partial.replace(target)
         return target
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    """Server-sent events from the stream's lines; comments (keep-alives) are skipped and
+    an id-only frame moves the id without an event, as EventSource does."""
+    kind, data, event_id = None, [], None
+    for line in lines:
+        if line == "":
+            if kind and data:
+                yield kind, json.loads("\n".join(data)), event_id
+            kind, data = None, []
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            kind = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
 
 
 # ---------------------------------------------------------------- output
@@ -183,17 +220,43 @@ class ProgressBar:
 
 
 def wait(client: Client, job: dict[str, Any], interval: float = 1.0) -> dict[str, Any]:
-    """Poll until the job ends, drawing the progress bar on stderr."""
+    """Follow the job's event stream until it ends, drawing the progress bar on stderr;
+    poll every ``interval`` s instead when the server refuses the stream or it breaks."""
     bar = ProgressBar(sys.stderr)
     try:
-        while True:
-            bar.update(job)
-            if job["status"] in TERMINAL:
-                return job
+        bar.update(job)
+        if job["status"] in TERMINAL:
+            return job
+        try:
+            job = follow(client, job, bar)
+        except (ApiError, requests.RequestException, ValueError):
+            pass  # refused (503 at its limit of streams, 404 from an older server) or broken
+        while job["status"] not in TERMINAL:
             time.sleep(interval)
             job = client.get(job["id"])
+            bar.update(job)
+        return job
     finally:
         bar.close()
+
+
+def follow(client: Client, job: dict[str, Any], bar: ProgressBar) -> dict[str, Any]:
+    """The job once its stream says it ended; a stream that closes before (its lifetime
+    ran out) is opened again with Last-Event-ID, so only what changed is sent again."""
+    last_id = None
+    while job["status"] not in TERMINAL:
+        for kind, data, event_id in client.events(job["id"], last_id):
+            last_id = event_id or last_id
+            if kind == "status":
+                job = data
+            elif kind == "progress":
+                job = {**job, "progress": {**job["progress"], **data}}
+            elif kind == "end":
+                return job
+            bar.update(job)
+        job = client.get(job["id"])  # closed without an end: the row says where it is
+        bar.update(job)
+    return job
 
 
 # ---------------------------------------------------------------- commands

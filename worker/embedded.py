@@ -104,7 +104,11 @@ def worker_command(queues: str = "gpu,cpu", concurrency: int = 1, name: str = "a
     ]
 
 
-def web_command(host: str, port: int, workers: int = 2) -> list:
+def web_command(host: str, port: int, workers: int = 2, threads: int | None = None) -> list:
+    """gunicorn's command line; ``threads`` defaults to ATELIER_WEB_THREADS, which must
+    leave room above ATELIER_MAX_STREAMS (each open event stream holds a thread)."""
+    if threads is None:
+        threads = load_settings().validate().web_threads
     return [
         sys.executable,
         "-m",
@@ -115,7 +119,7 @@ def web_command(host: str, port: int, workers: int = 2) -> list:
         "--workers",
         str(workers),
         "--threads",
-        "4",
+        str(threads),
         "--access-logfile",
         "-",
     ]

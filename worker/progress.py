@@ -17,12 +17,13 @@ from typing import Any
 
 from PIL import Image
 
-from shared import states
+from shared import events, states
 from shared.db import session_scope
 from shared.jobs import StoredFile, add_file, attempt_key, touch_running, write_progress
 from shared.settings import Settings
 from shared.states import Fence, Superseded
 from shared.storage import Storage
+from shared.webhooks import PROGRESS_INTERVAL as WEBHOOK_INTERVAL
 from worker import webhooks
 from worker.engines.errors import Canceled
 
@@ -119,6 +120,8 @@ class ProgressReporter:
         self.last_write = float("-inf")
         self.last_preview = clock()
         self.history: list[dict[str, Any]] = []
+        self.last_webhook: dict[str, float] = {}
+        self.unwanted: set[str] = set()  # webhook events this job did not ask for
 
     def report(
         self,
@@ -164,8 +167,42 @@ class ProgressReporter:
             cancel = write_progress(session, self.fence, values)  # Superseded: nothing kept
             if preview is not None:
                 add_file(session, self.fence.job_id, preview, self.fence.attempt)
+        self._publish(values, preview)
+        self._webhooks(now, preview is not None)
         if cancel:
             raise Canceled("cancel requested")
+
+    def _publish(self, values: dict[str, Any], preview: StoredFile | None) -> None:
+        """Tell the open event streams (shared/events.py) what was just committed: the
+        progress as the API's job object shows it, with the newest history point."""
+        current, total = values["progress_current"], values["progress_total"] or 0
+        progress = {
+            "current": current,
+            "total": total,
+            "percent": round(100.0 * current / total, 1) if total else 0.0,
+            "stage": values["progress_stage"],
+            "eta_seconds": values["eta_seconds"],
+            "loss": values["progress_loss"],
+            "detail": values["progress_detail"],
+            "point": self.history[-1] if self.history else None,
+            "points": len(self.history),
+        }
+        events.notify(self.settings, self.fence.job_id, events.PROGRESS, progress)
+        if preview is not None:
+            data = {"name": preview.name, "step": current}
+            events.notify(self.settings, self.fence.job_id, events.PREVIEW, data)
+
+    def _webhooks(self, now: float, new_preview: bool) -> None:
+        """The opt-in ``progress`` and ``output`` (a new preview) webhooks, each at most
+        every ``shared.webhooks.PROGRESS_INTERVAL`` s; once the job turns out not to want one,
+        its row is not read again for it."""
+        for event, due in (("progress", True), ("output", new_preview)):
+            last = self.last_webhook.get(event, float("-inf"))
+            if not due or event in self.unwanted or now - last < WEBHOOK_INTERVAL:
+                continue
+            self.last_webhook[event] = now
+            if webhooks.notify(self.settings, self.fence.job_id, event) is None:
+                self.unwanted.add(event)
 
     def _record(
         self, now: float, current: int, loss: float | None, detail: dict[str, Any] | None
@@ -237,4 +274,5 @@ def mark_processing(settings: Settings, fence: Fence) -> None:
         )
     if not moved:
         raise Superseded(fence)
+    events.notify(settings, fence.job_id, events.STATUS)
     webhooks.notify(settings, fence.job_id, "start")

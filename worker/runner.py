@@ -20,7 +20,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared import states
+from shared import events, states
 from shared.db import session_scope
 from shared.jobs import OUTPUT_ROLES, attempt_prefix
 from shared.kinds import load_modules
@@ -53,6 +53,7 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
     if fence is None:
         log.info("job %s not claimable (already taken, canceled or unknown)", job_id)
         return None
+    events.notify(settings, job_id, events.STATUS)  # starting
     storage = open_storage(settings.storage_url, settings)
     try:
         status = _run_claimed(fence, settings, storage)
@@ -183,6 +184,7 @@ def _hand_back(settings: Settings, storage: Storage, fence: states.Fence) -> str
             fence.attempt,
         )
         return None
+    events.notify(settings, fence.job_id, events.STATUS)
     log.warning("job %s handed back to the queue: the worker is shutting down", fence.job_id)
     return states.QUEUED
 
@@ -277,6 +279,7 @@ def _end(settings: Settings, fence: states.Fence, status: str, values: dict | No
         )
     if not moved:
         raise states.Superseded(fence)
+    events.notify(settings, fence.job_id, events.STATUS)
     return status
 
 
@@ -286,6 +289,7 @@ def _fail(settings: Settings, fence: states.Fence, code: str, message: str) -> s
         moved = states.fail(session, fence.job_id, code, message, fence=fence)
     if not moved:
         raise states.Superseded(fence)
+    events.notify(settings, fence.job_id, events.STATUS)
     return states.FAILED
 
 

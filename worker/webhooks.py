@@ -3,7 +3,9 @@
 Nothing is sent on a job's thread: a target that hangs or drips costs the job nothing,
 and a GPU worker never waits on someone's web server. Only ``completed`` is retried (with
 exponential backoff, as Celery retries of the delivery task): it is the event clients
-must not miss; ``start`` is best effort.
+must not miss; ``start``, ``progress`` and ``output`` are best effort, and the last two
+are sent at most every ``shared.webhooks.PROGRESS_INTERVAL`` seconds per job
+(worker/progress.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from celery import Celery
 
 from shared.queue import celery_config
 from shared.settings import Settings
-from shared.webhooks import DEADLINE, FAILED, deliver, enqueue
+from shared.webhooks import DEADLINE, FAILED, Delivery, deliver, enqueue
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 6
@@ -25,10 +27,10 @@ TASK_SOFT_TIME_LIMIT = int(DEADLINE) * 3
 TASK_TIME_LIMIT = TASK_SOFT_TIME_LIMIT + 15
 
 
-def notify(settings: Settings, job_id: str, event: str) -> None:
-    """Queue ``event``'s delivery on the cpu queue if the job asked for it; retries are
-    the delivery task's own."""
-    enqueue(settings, sender(settings), job_id, event)
+def notify(settings: Settings, job_id: str, event: str) -> Delivery | None:
+    """Queue ``event``'s delivery on the cpu queue if the job asked for it (None if it
+    did not); retries are the delivery task's own."""
+    return enqueue(settings, sender(settings), job_id, event)
 
 
 _senders: dict[str, Celery] = {}

@@ -17,7 +17,8 @@ from tests.e2e.conftest import (  # noqa: F401  (fixtures, reused)
 def e2e_settings(tmp_path_factory, e2e_redis_url):  # noqa: F811
     redis_url = e2e_redis_url
     tmp = tmp_path_factory.mktemp("cli")
-    settings = make_settings(tmp, f"sqlite:///{tmp}/atelier.db", redis_url)
+    # few stream slots, so the test that fills them (polling fallback) stays cheap
+    settings = make_settings(tmp, f"sqlite:///{tmp}/atelier.db", redis_url, max_streams=2)
     migrate.upgrade(settings.database_url)
     return settings
 

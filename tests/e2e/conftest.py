@@ -38,7 +38,8 @@ def e2e_settings(request, tmp_path_factory, e2e_redis_url):
         if not pg_available():
             pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
         name, url = _create_pg_database()
-    settings = make_settings(tmp, url, redis_url)
+    # few stream slots, so the tests that fill them (503 busy, polling fallback) stay cheap
+    settings = make_settings(tmp, url, redis_url, max_streams=2)
     migrate.upgrade(url)
     yield settings
     if name:

@@ -107,3 +107,20 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("ATELIER_DEVICE", "cpu")
     with pytest.raises(RuntimeError, match="ATELIER_REDIS_URL"):
         _ = load_settings().broker_url
+
+
+def test_event_streams_leave_threads_for_the_api(monkeypatch):
+    """Each open stream holds a gunicorn thread: a limit that could take them all is refused,
+    and `atelier web` starts as many threads as the setting says."""
+    from worker.embedded import web_command
+
+    monkeypatch.setenv("ATELIER_WEB_THREADS", "8")
+    monkeypatch.setenv("ATELIER_MAX_STREAMS", "8")
+    with pytest.raises(ValueError, match="ATELIER_MAX_STREAMS .* below ATELIER_WEB_THREADS"):
+        load_settings().validate()
+    monkeypatch.setenv("ATELIER_MAX_STREAMS", "6")
+    command = web_command("127.0.0.1", 8000)
+    assert command[command.index("--threads") + 1] == "8"
+    monkeypatch.setenv("ATELIER_WEB_THREADS", "0")
+    with pytest.raises(ValueError, match="ATELIER_WEB_THREADS"):
+        load_settings().validate()

@@ -1,6 +1,9 @@
-// The job page, live: polls the job's JSON once a second and updates status, queue position,
-// progress, ETA, preview and curves in place; when the job ends it reloads once so the server
-// renders the finished page (results, tables, downloads). Without JavaScript the page refreshes.
+// The job page, live: follows the job's event stream (GET …/events: status, progress at most
+// twice a second, previews, end) and updates status, queue position, progress, ETA, preview
+// and curves in place; where the stream is refused (the server is at its limit of streams) or
+// EventSource is missing, it polls the job's JSON once a second instead. When the job ends it
+// reloads once so the server renders the finished page (results, tables, downloads). Without
+// JavaScript the page refreshes.
 (function () {
   "use strict";
   const section = document.getElementById("job");
@@ -72,6 +75,41 @@
     setTimeout(poll, 1000);
   }
 
+  const HISTORY_CAP = 1000; // points kept from progress events; the charts come from the server
+
+  function follow() {
+    if (!window.EventSource) return poll();
+    const source = new EventSource(url + "/events");
+    let job = null;
+    const update = (change) => {
+      if (!job) return; // the first event is always the whole job
+      change(job);
+      render(job);
+    };
+    source.addEventListener("status", (event) => {
+      job = JSON.parse(event.data);
+      render(job);
+    });
+    source.addEventListener("progress", (event) => update((current) => {
+      const progress = JSON.parse(event.data);
+      let history = current.progress.history || [];
+      if (progress.point) history.push(progress.point);
+      if (history.length > HISTORY_CAP) history = history.filter((_, i) => i % 2 === 0);
+      current.progress = Object.assign({}, current.progress, progress, { history: history });
+    }));
+    source.addEventListener("preview", (event) => update((current) => {
+      current.preview = JSON.parse(event.data);
+    }));
+    source.addEventListener("end", () => {
+      source.close();
+      window.location.reload();
+    });
+    // a dropped connection reconnects by itself (with Last-Event-ID); a refused one is closed
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) poll();
+    });
+  }
+
   const cancel = $("cancel-form");
   if (cancel) {
     cancel.addEventListener("submit", async (event) => {
@@ -92,5 +130,5 @@
     split.addEventListener("input", () => { after.style.clipPath = "inset(0 0 0 " + split.value + "%)"; });
   }
 
-  if (section.dataset.terminal !== "true") poll();
+  if (section.dataset.terminal !== "true") follow();
 })();
