@@ -510,7 +510,9 @@ def _add_kind(kinds: argparse._SubParsersAction, spec: KindSpec, common: Argumen
     positionals = [p for p in spec.params if _positional(p)]
     metavars = {f.name: METAVARS.get((spec.name, f.name), f.name.upper()) for f in spec.files}
     synopsis = [p.name.upper() for p in positionals] + [
-        metavars[f.name] + ("…" if f.max_count > 1 else "") for f in spec.files
+        metavars[f.name] + ("…" if f.max_count > 1 else "")
+        for f in spec.files
+        if f.required or f.max_count > 1
     ]
     parser = kinds.add_parser(
         spec.name,
@@ -524,6 +526,15 @@ def _add_kind(kinds: argparse._SubParsersAction, spec: KindSpec, common: Argumen
             _dest(param.name), metavar=param.name.upper(), type=param.cli_type(), help=param.doc
         )
     for upload in spec.files:
+        if not upload.required and upload.max_count == 1:  # after a list of files: an option
+            parser.add_argument(
+                "--" + upload.name.replace("_", "-"),
+                dest=_dest(upload.name),
+                metavar=metavars[upload.name],
+                type=Path,
+                help=upload.doc,
+            )
+            continue
         parser.add_argument(
             _dest(upload.name),
             metavar=metavars[upload.name],

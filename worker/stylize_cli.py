@@ -41,6 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "-o", "--output", type=Path, required=True, help="output image (format from the extension)"
     )
     add_spec_options(parser, SPEC)
+    mask_doc = next(f.doc for f in SPEC.files if f.name == "mask")
+    parser.add_argument("--mask", type=Path, default=None, help=f"{mask_doc}; needs --mask-styles")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--precision",
@@ -85,15 +87,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         content = _open(args.content)
         styles = [_open(path) for path in args.styles]
+        mask = None if args.mask is None else _open(args.mask)
     except (OSError, UnidentifiedImageError) as exc:
         print(f"error (invalid_input): cannot read image: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
     overrides = spec_values(args, SPEC)
 
     def call() -> StyleResult:
-        params = StyleParams.resolve(len(styles), device=args.device, **overrides)
+        masks = 0 if mask is None else 1
+        params = StyleParams.resolve(len(styles), masks=masks, device=args.device, **overrides)
         progress = None if args.quiet else ProgressBar(_describe)
-        return stylize(content, styles, params, on_progress=progress, precision=args.precision)
+        return stylize(
+            content, styles, params, on_progress=progress, precision=args.precision, mask=mask
+        )
 
     result, code = run_engine(call)
     if result is None:

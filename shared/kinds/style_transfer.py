@@ -3,6 +3,14 @@
 Every field, bound, default and choice of the kind is here; see shared/kinds/spec.py
 for what reads it. Defaults of None are resolved by the engine from ``preset`` and
 ``strength`` and recorded in ``metrics.json``.
+
+Region masks: the optional ``mask`` image is painted in up to eight pure colours, the
+corners of the RGB cube (:data:`MASK_COLOURS`); every pixel snaps to the nearest corner
+(each channel split at 128), so anti-aliased edges and JPEG noise fall to one side and
+there are never more than eight regions. ``mask_styles`` maps colours to a style index
+or to ``keep``; its items are a fixed set of ``colour:target`` choices, so the form, the
+OpenAPI pattern and the CLI all read them from this table, and :func:`check` refuses
+what a choice list cannot say (a colour twice, an index past the styles, no mask).
 """
 
 from __future__ import annotations
@@ -25,6 +33,20 @@ CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 PRESETS = ("fast", "balanced", "quality")
 MAX_STYLES = 8
+# The mask's palette: the eight corners of the RGB cube (a pixel snaps to the nearest).
+MASK_COLOURS = {
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+}
+KEEP = "keep"  # a region that keeps the content: no style loss, content pixels composited
+MASK_TARGETS = (*(str(i) for i in range(MAX_STYLES)), KEEP)
+MASK_STYLE_CHOICES = tuple(f"{c}:{t}" for c in MASK_COLOURS for t in MASK_TARGETS)
 MAX_WEIGHT = 1e9
 SEED_MAX = 2**32 - 1
 
@@ -83,9 +105,38 @@ PARAMS = (
         "choice",
         "keep the content's colours",
         default="none",
-        choices=("none", "luminance", "statistics"),
+        choices=("none", "luminance", "statistics", "histogram"),
         expert=True,
         label="Preserve colour",
+    ),
+    Param(
+        "color_only",
+        "bool",
+        "transfer only the styles' colour histograms to the content, with no optimisation "
+        "(well under a second; the optimisation fields are ignored)",
+        default=False,
+        expert=True,
+        label="Colour only",
+    ),
+    Param(
+        "histogram_weight",
+        "float",
+        "weight of the histogram loss (Risser et al. 2017) on relu1_1 and relu4_1: "
+        "activation histograms matched to the style's, which steadies colours and contrast; "
+        "0 is off",
+        default=0.0,
+        minimum=0.0,
+        maximum=MAX_WEIGHT,
+        expert=True,
+    ),
+    Param(
+        "mask_styles",
+        "choices",
+        "with a mask: colour:style pairs, the style index counted from 0 or keep for "
+        "content only; colours are black, white, red, green, blue, yellow, cyan, magenta "
+        "and unlisted ones get the blend of every style; default: none, e.g. red:0,blue:keep",
+        choices=MASK_STYLE_CHOICES,
+        label="Mask regions",
     ),
     Param(
         "style_scale",
@@ -184,7 +235,8 @@ PARAMS = (
 
 
 def check(params: dict[str, Any], counts: Mapping[str, int]) -> None:
-    """Weight lists match what they weigh: style images and style layers."""
+    """Weight lists match what they weigh (style images and style layers); colour tools
+    and the mask agree with each other (see :func:`check_colour` and :func:`check_mask`)."""
     weights = params.get("style_weights")
     styles = counts.get("style", 0)
     if weights is not None and len(weights) != styles:
@@ -200,6 +252,60 @@ def check(params: dict[str, Any], counts: Mapping[str, int]) -> None:
             "layers: give one weight per layer in style_layers",
             field="style_layer_weights",
         )
+    check_colour(params)
+    if "mask" in counts:
+        check_mask(params, counts.get("mask", 0), counts.get("style", 0))
+
+
+def check_colour(params: Mapping[str, Any]) -> None:
+    """color_only recolours the content towards the styles: keeping the content's colours
+    at the same time asks for the opposite."""
+    if params.get("color_only") and params.get("preserve_color", "none") != "none":
+        raise InputError(
+            "color_only transfers the styles' colours, so preserve_color must be none",
+            field="color_only",
+        )
+
+
+def check_mask(params: Mapping[str, Any], masks: int, styles: int) -> None:
+    """The mask and its mapping come together, each colour once, each index a style.
+
+    A mask without ``mask_styles`` is refused naming ``mask``, ``mask_styles`` without a
+    mask naming ``mask_styles``: the error sits by the field that came alone.
+
+    Runs when the caller counts the mask upload (the submit always does, the worker with
+    the mask in hand); an engine caller resolving params alone has no mask to check.
+    """
+    mapping = params.get("mask_styles")
+    if masks and not mapping:  # each of the two, given without the other, is named
+        raise InputError(
+            "mask needs mask_styles: map each colour of the mask to a style index or keep, "
+            "e.g. red:0,blue:keep",
+            field="mask",
+        )
+    if not mapping:
+        return
+    if not masks:
+        raise InputError("mask_styles needs a mask image: upload it as mask", field="mask_styles")
+    seen: set[str] = set()
+    for item in mapping:
+        colour, _, target = item.partition(":")
+        if colour in seen:
+            raise InputError(f"mask_styles maps {colour} more than once", field="mask_styles")
+        seen.add(colour)
+        if target != KEEP and int(target) >= styles:
+            raise InputError(
+                f"mask_styles maps {colour} to style {target}, but there are {styles} style "
+                f"image(s), indexed from 0",
+                field="mask_styles",
+            )
+    if params.get("color_only"):
+        raise InputError("color_only does not take a mask", field="color_only")
+    if params.get("histogram_weight"):
+        raise InputError(
+            "histogram_weight applies to the whole image and does not take a mask",
+            field="histogram_weight",
+        )
 
 
 SPEC = KindSpec(
@@ -210,6 +316,11 @@ SPEC = KindSpec(
     files=(
         FileField("content", "the content image (the photo to repaint)"),
         FileField("style", "at least one style image", max_count=MAX_STYLES),
+        FileField(
+            "mask",
+            "optional region mask in pure colours (see mask_styles), resized to the content",
+            required=False,
+        ),
     ),
     params=PARAMS,
     views=("image",),

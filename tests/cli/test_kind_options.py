@@ -257,3 +257,18 @@ def test_kind_modules_from_the_environment_get_a_subcommand(monkeypatch, tmp_pat
         sys.modules.pop("atelier_test_kinds", None)
     assert args.submit_kind == "env_test"
     assert getattr(args, client_cli._dest("amount")) == 0.25
+
+
+def test_an_optional_single_file_is_an_option_after_the_list(atelier, sent, tmp_path):
+    """style's list of files ends where the options start: the mask is ``--mask``."""
+    content, style, mask = (tmp_path / n for n in ("c.png", "s.png", "m.png"))
+    for path in (content, style, mask):
+        path.write_bytes(b"x")
+    rc, _, err = atelier(
+        "submit", "style", content, style, "--mask", mask, "--mask-styles", "black:0,white:keep"
+    )
+    assert rc == 0, err
+    assert sent[0]["files"] == [("content", content), ("style", style), ("mask", mask)]
+    assert sent[0]["fields"] == {"mask_styles": "black:0,white:keep"}
+    rc, _, err = atelier("submit", "style", content, style, "--mask", mask)
+    assert rc == 2 and "mask" in err and len(sent) == 1  # the kind's check, before sending

@@ -114,10 +114,10 @@ CASES = [
     ),
     ({"kind": "style_transfer", "content": "not-a-file"}, _raw(style=GOOD), 400, "content"),
     (
-        {"kind": "style_transfer", "mask": GOOD},
+        {"kind": "style_transfer", "sketch": GOOD},  # a field no kind has
         _raw(GOOD, GOOD),
         400,
-        "mask",
+        "sketch",
     ),
     (
         {

@@ -95,21 +95,28 @@ class StyleParams:
     seed: int
     weights: str
     device: str
+    color_only: bool = False
+    histogram_weight: float = 0.0
+    mask_styles: tuple[str, ...] | None = None  # colour:target pairs (shared spec's format)
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        for name in ("style_weights", "style_layers", "style_layer_weights"):
-            data[name] = list(data[name])
+        for name in ("style_weights", "style_layers", "style_layer_weights", "mask_styles"):
+            if data[name] is not None:
+                data[name] = list(data[name])
         return data
 
     @classmethod
-    def resolve(cls, n_styles: int, **overrides: Any) -> StyleParams:
+    def resolve(cls, n_styles: int, *, masks: int | None = None, **overrides: Any) -> StyleParams:
         """Check a caller's values against the kind's spec and fill every default.
 
         ``overrides`` are the engine params of shared/kinds/style_transfer.py plus
         ``device``; None means "the default", so a job's recorded params and a library
         caller's keywords take one path.  Loss weights left out follow ``strength``, a
         missing seed is drawn (and recorded), blend and layer weights are scaled to sum 1.
+        ``masks`` counts the mask uploads when the caller has them (the runner, the CLI):
+        then the mask and ``mask_styles`` are checked against each other and the styles;
+        None leaves that to ``stylize``, which checks again with the mask in hand.
         Raises InvalidInput naming the field at fault (unknown names too).
         """
         if isinstance(n_styles, bool) or not isinstance(n_styles, int):
@@ -121,7 +128,8 @@ class StyleParams:
                 f"styles needs 1 to {MAX_STYLES} style images, got {n_styles}", "styles"
             )
         device = check_device(overrides.pop("device", None) or "auto")
-        values = check_engine_values(SPEC, overrides, {"style": n_styles})
+        counts = {"style": n_styles} if masks is None else {"style": n_styles, "mask": masks}
+        values = check_engine_values(SPEC, overrides, counts)
         defaults = weights_for_strength(values["strength"])
         for name, default in zip(LOSS_WEIGHTS, defaults, strict=True):
             if values[name] is None:
@@ -129,7 +137,9 @@ class StyleParams:
         if values["seed"] is None:
             values["seed"] = SPEC.param("seed").draw()
         layers = tuple(values["style_layers"])
+        mapping = values["mask_styles"]
         values.update(
+            mask_styles=None if mapping is None else tuple(mapping),
             style_weights=_normalised(values["style_weights"], n_styles),
             style_layers=layers,
             style_layer_weights=_normalised(values["style_layer_weights"], len(layers)),

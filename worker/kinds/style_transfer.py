@@ -2,7 +2,8 @@
 
 The parameters are the ones shared/kinds/style_transfer.py defines; the engine resolves
 the rest (preset, weights from strength) and its ``metrics`` record every value it used,
-which go into ``metrics.json`` as they are.
+which go into ``metrics.json`` as they are.  A ``color_only`` job takes the same path:
+the engine recolours without loading a network and the outputs are stored as usual.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     content = _image(ctx, "content", ctx.inputs["content"][0])
     styles = [_image(ctx, "style", name) for name in ctx.inputs.get("style", [])]
-    params = StyleParams.resolve(len(styles), **ctx.engine_params(), device=ctx.settings.device)
+    mask_names = ctx.inputs.get("mask", [])
+    mask = _image(ctx, "mask", mask_names[0]) if mask_names else None
+    params = StyleParams.resolve(
+        len(styles), masks=len(mask_names), **ctx.engine_params(), device=ctx.settings.device
+    )
     ctx.mark_processing()
 
     def on_progress(progress: StyleProgress) -> None:
@@ -61,7 +66,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
 
     started = time.monotonic()
-    result = stylize(content, styles, params, on_progress=on_progress)
+    result = stylize(content, styles, params, on_progress=on_progress, mask=mask)
     fmt, content_type = OUTPUT_TYPES[ctx.params.get("output_format", "png")]
     buffer = io.BytesIO()
     result.image.save(buffer, fmt)
