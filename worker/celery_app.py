@@ -53,9 +53,11 @@ def _preload_models(**_kwargs) -> None:
     Also arms the child for a drain: SIGUSR2 from the main process asks the running job
     to hand itself back (Celery's children leave SIGUSR2 alone).
     """
+    from worker.gpu_admission import cap_allocator, share_from_env
     from worker.kinds import preload
 
     signal.signal(signal.SIGUSR2, request_drain)
+    cap_allocator(share_from_env(os.environ))  # --jobs-per-gpu: keep to this process's share
     preload()
 
 

@@ -83,18 +83,82 @@ def _queues(raw: str) -> str:
     return ",".join(names)
 
 
+def _jobs_per_gpu(raw: str) -> int:
+    """argparse type for ``--jobs-per-gpu``: worker processes sharing one GPU, bounded."""
+    from worker.gpu_admission import MAX_JOBS_PER_GPU
+
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_JOBS_PER_GPU:
+        raise argparse.ArgumentTypeError(
+            f"--jobs-per-gpu must be a whole number from 1 to {MAX_JOBS_PER_GPU}, got {raw!r}"
+        )
+    return value
+
+
+def _gib(raw: str) -> float:
+    """argparse type for ``--gpu-memory``: a card's memory in GiB."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--gpu-memory is in GiB and must be > 0, got {raw!r}")
+    return value
+
+
+class WorkerPlanError(ValueError):
+    """``atelier worker`` options that cannot make a plan; the message says what to change."""
+
+
+def _card_bytes(gpu: str, environ: dict[str, str]) -> int:
+    """Total memory of GPU ``gpu`` as this process's PyTorch numbers it."""
+    import torch
+
+    inherited = [p.strip() for p in environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    if gpu in inherited:
+        index = inherited.index(gpu)
+    elif gpu.isdigit():
+        index = int(gpu)
+    else:
+        raise WorkerPlanError(f"cannot size GPU {gpu!r} here; pass --gpu-memory GiB")
+    return int(torch.cuda.get_device_properties(index).total_memory)
+
+
+def _gpu_share(args: argparse.Namespace, gpu: str, environ: dict[str, str]) -> int:
+    """Each process's memory share on ``gpu``; WorkerPlanError for a plan that cannot fit."""
+    from shared.settings import Settings
+    from worker.gpu_admission import AdmissionError, plan_share
+
+    total = int(args.gpu_memory * 2**30) if args.gpu_memory else _card_bytes(gpu, environ)
+    max_size = int(environ.get("ATELIER_MAX_SIZE") or Settings.max_size)
+    try:
+        return plan_share(total, args.jobs_per_gpu * (args.concurrency or 1), max_size)
+    except AdmissionError as exc:
+        raise WorkerPlanError(f"GPU {gpu}: {exc}") from None
+
+
 def worker_plan(args: argparse.Namespace, environ: dict[str, str]) -> list[tuple[dict, list]]:
     """(extra env, command) for each worker process ``atelier worker`` would start.
 
     CPU: one Celery worker with ``--concurrency`` prefork children, each told to use its
     share of the cores (``OMP_NUM_THREADS``) so N children do not fight over them.
-    GPU: one Celery worker per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``),
-    ``--concurrency`` children each (default 1: a job has the whole card).
+    GPU: ``--jobs-per-gpu`` Celery workers per GPU (default 1: a job has the whole card),
+    each seeing only its GPU (``CUDA_VISIBLE_DEVICES``), so each has its own CUDA context
+    (CUDA MPS, where the host runs its daemon, then shares the card between them), with
+    ``--concurrency`` children each.  With more than one process per GPU, each is given
+    its memory share (worker/gpu_admission.py), and a plan whose share cannot hold the
+    largest job the service accepts is refused before anything starts.
     """
     from worker.embedded import worker_command
 
     concurrency = args.concurrency or 1
+    jobs_per_gpu = getattr(args, "jobs_per_gpu", 1)
     if not args.gpus:
+        if jobs_per_gpu > 1:
+            raise WorkerPlanError("--jobs-per-gpu needs --gpus (it shares a GPU between jobs)")
         extra = {}
         if concurrency > 1 and "OMP_NUM_THREADS" not in environ:
             extra["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // concurrency))
@@ -102,7 +166,15 @@ def worker_plan(args: argparse.Namespace, environ: dict[str, str]) -> list[tuple
     plan = []
     for gpu in _gpu_ids(args.gpus, environ):
         extra = {"CUDA_VISIBLE_DEVICES": gpu, "ATELIER_DEVICE": "cuda"}
-        plan.append((extra, worker_command(args.queues, concurrency, f"{args.name}-gpu{gpu}")))
+        if jobs_per_gpu == 1:
+            plan.append((extra, worker_command(args.queues, concurrency, f"{args.name}-gpu{gpu}")))
+            continue
+        from worker.gpu_admission import SHARE_ENV
+
+        extra[SHARE_ENV] = str(_gpu_share(args, gpu, environ))
+        for slot in range(jobs_per_gpu):
+            name = f"{args.name}-gpu{gpu}-{slot}"
+            plan.append((dict(extra), worker_command(args.queues, concurrency, name)))
     return plan
 
 
@@ -139,7 +211,11 @@ def _supervise(procs: list[subprocess.Popen]) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    plan = worker_plan(args, dict(os.environ))
+    try:
+        plan = worker_plan(args, dict(os.environ))
+    except WorkerPlanError as exc:
+        print(f"atelier worker: {exc}", file=sys.stderr)
+        return 2
     if not plan:
         print("atelier worker: --gpus asked for GPUs but none are visible", file=sys.stderr)
         return 2
@@ -265,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         help="jobs at once (CPU: prefork children sharing the cores; GPU: per GPU)",
+    )
+    worker.add_argument(
+        "--jobs-per-gpu",
+        type=_jobs_per_gpu,
+        default=1,
+        help="worker processes per GPU, each with its own CUDA context and memory share (1-8)",
+    )
+    worker.add_argument(
+        "--gpu-memory",
+        type=_gib,
+        help="each GPU's memory in GiB for --jobs-per-gpu admission (default: ask the card)",
     )
     worker.add_argument("--name", default="atelier", help="Celery node name prefix")
     worker.add_argument("--print", action="store_true", help="print the worker command(s) and exit")

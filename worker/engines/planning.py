@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -59,11 +60,26 @@ def estimate_bytes(width: int, height: int, bf16: bool) -> int:
     return _NET_BYTES + width * height * per_pixel
 
 
+# Bytes of its GPU this process may use, when `atelier worker --jobs-per-gpu N` shares the
+# card between N processes (worker/gpu_admission.py sets it); unset: the whole card.
+SHARE_ENV = "ATELIER_GPU_MEMORY_SHARE"
+
+
+def within_share(free: int, reserved: int, environ: Mapping[str, str] = os.environ) -> int:
+    """CUDA's free bytes, but no more than this process's share minus what it holds: the
+    rest of a shared card belongs to the neighbours, even while they are not using it."""
+    share = environ.get(SHARE_ENV)
+    if share:
+        free = min(free, int(share) - reserved)
+    return max(int(free), 0)
+
+
 def available_bytes(device: torch.device) -> int:
-    """Free memory on ``device``: CUDA's own count, else MemAvailable from /proc."""
+    """Free memory on ``device``: CUDA's own count (within a shared card's share), else
+    MemAvailable from /proc."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        return within_share(free, torch.cuda.memory_reserved(device))
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
