@@ -43,6 +43,9 @@ class Settings:
     # SIGTERM: a worker takes no new job and waits this long for the running one, then
     # hands it back to the queue (not counted as an attempt); a second signal stops at once
     drain_seconds: int = 30
+    # a style job saves its state this often inside a scale (and at every scale boundary),
+    # so a requeued job resumes instead of starting over; 0: after every step
+    checkpoint_seconds: int = 30
     progress_interval: float = 1.0
     preview_interval: float = 3.0
     # quotas: per owner (queued + running, submits per minute) and for the whole queue
@@ -113,6 +116,8 @@ class Settings:
             raise ValueError("ATELIER_S3_DOWNLOADS must be presigned or proxy")
         if self.max_aspect_ratio < 1:
             raise ValueError("ATELIER_MAX_ASPECT_RATIO must be at least 1")
+        if not 0 <= self.checkpoint_seconds <= 3600:
+            raise ValueError("ATELIER_CHECKPOINT_SECONDS must be from 0 to 3600")
         if not 1 <= self.web_threads <= 1024:
             raise ValueError("ATELIER_WEB_THREADS must be from 1 to 1024")
         if not 0 <= self.max_streams < self.web_threads:

@@ -90,3 +90,40 @@ class LBFGS:
             beta = self.grads[i].dot(r) * self.rho[i]
             r.addcmul_(self.steps[i], alpha - beta)
         return r
+
+    def state_dict(self) -> dict:
+        """Everything the next step depends on (a checkpoint saves it; tensors are not
+        copied here, the checkpoint's writer copies them)."""
+        return {
+            "size": self.size,
+            "lr": self.lr,
+            "steps": self.steps,
+            "grads": self.grads,
+            "rho": self.rho,
+            "h_diag": self.h_diag,
+            "count": self.count,
+            "head": self.head,
+            "prev_grad": self.prev_grad,
+            "prev_step": self.prev_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()`` output, history size included (the size a
+        fresh optimiser would pick depends on the memory free now, not when it was saved)."""
+        if state["steps"].shape[1] != self.param.numel():
+            raise ValueError("the L-BFGS state is for an image of another size")
+        device, dtype = self.param.device, self.param.dtype
+
+        def move(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value.to(device=device, dtype=dtype, copy=True)
+
+        self.size = int(state["size"])
+        self.lr = float(state["lr"])
+        self.steps = move(state["steps"])
+        self.grads = move(state["grads"])
+        self.rho = move(state["rho"])
+        self.h_diag = move(state["h_diag"])
+        self.count = int(state["count"])
+        self.head = int(state["head"])
+        self.prev_grad = move(state["prev_grad"])
+        self.prev_step = move(state["prev_step"])

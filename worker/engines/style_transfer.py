@@ -14,6 +14,11 @@ Colour tools and masks (shared/kinds/style_transfer.py documents the fields):
 ``color_only`` recolours the content with ``colour.match_histograms`` and returns before
 any network is loaded; a ``mask`` turns the style term into per-region losses
 (``masks.py``) and composites ``keep`` regions from the content inside every step.
+
+Resume (checkpoint.py): with ``on_checkpoint`` the run hands out its state as bytes at
+every scale boundary and every ``checkpoint_seconds`` inside a scale; given those bytes
+back as ``checkpoint``, a run with the same params and inputs continues from there and,
+on the same device with the same threads, ends in the same image bit for bit.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch.nn import functional as F
 from shared.errors import InputError
 from shared.kinds.style_transfer import SPEC, check_mask
 
+from . import checkpoint as checkpoints
 from . import colour, cpu_share, imaging, masks, planning
 from .errors import InvalidInput, OutOfMemory
 from .lbfgs import LBFGS
@@ -77,6 +83,7 @@ class StyleProgress:
     elapsed: float
     _loss: torch.Tensor = field(repr=False, compare=False)
     _render: Callable[[], Image.Image] = field(repr=False, compare=False)
+    _save: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     @property
     def loss(self) -> float:
@@ -85,6 +92,11 @@ class StyleProgress:
 
     def image(self) -> Image.Image:
         return self._render()
+
+    def save_checkpoint(self) -> bool:
+        """Checkpoint the state after this step now (a worker about to hand the job
+        back loses no step); False when the run was started without ``on_checkpoint``."""
+        return self._save() if self._save is not None else False
 
 
 @dataclass
@@ -123,6 +135,8 @@ class _Job:
     plan: masks.RegionPlan | None = None  # the mask's regions at the output size
     keep: torch.Tensor | None = None  # this scale's share of content per pixel (keep regions)
     region_shares: list[float] = field(default_factory=list)
+    checkpointer: checkpoints.Checkpointer | None = None
+    scale_log: list[dict] = field(default_factory=list)
 
     @property
     def luminance(self) -> bool:
@@ -295,12 +309,20 @@ def _initial(job: _Job, content: torch.Tensor) -> torch.Tensor:
     return torch.rand(shape, generator=generator).to(job.device)
 
 
-def _make_optimizer(job: _Job, image: torch.Tensor) -> torch.optim.Adam | LBFGS:
+def _make_optimizer(
+    job: _Job, image: torch.Tensor, state: dict | None = None
+) -> torch.optim.Adam | LBFGS:
+    """A fresh optimiser for ``image``, or one continuing from a checkpoint's ``state``."""
+    optimizer: torch.optim.Adam | LBFGS
     if job.params.optimizer == "adam":
-        return torch.optim.Adam([image], lr=ADAM_LR)
-    # One function evaluation per step and no stopping test, so a run never ends silently
-    # before its step budget; no host syncs, so a GPU never waits on the optimiser.
-    return LBFGS(image, planning.lbfgs_history(image.numel(), job.spare_bytes))
+        optimizer = torch.optim.Adam([image], lr=ADAM_LR)
+    else:
+        # One function evaluation per step and no stopping test, so a run never ends
+        # silently before its step budget; no host syncs, so a GPU never waits on it.
+        optimizer = LBFGS(image, planning.lbfgs_history(image.numel(), job.spare_bytes))
+    if state is not None:
+        optimizer.load_state_dict(state)
+    return optimizer
 
 
 @contextmanager
@@ -346,13 +368,22 @@ def _optimise_scale(
     steps: int,
     scale: int,
     scales: int,
+    resume: checkpoints.Checkpoint | None = None,
 ) -> torch.Tensor:
-    """Run ``steps`` optimiser steps on one scale and return the (averaged) iterate."""
+    """Run ``steps`` optimiser steps on one scale and return the (averaged) iterate.
+
+    ``resume`` (a checkpoint taken inside this scale, ``image`` its iterate) restores
+    the optimiser and the average and runs only the steps it had not done.
+    """
     image = image.detach().clone().requires_grad_(True)
-    optimizer = _make_optimizer(job, image)
+    inside = resume is not None and resume.step > 0
+    optimizer = _make_optimizer(job, image, resume.optimizer if inside else None)
     p = job.params
     average = job.preset.average and p.optimizer == "adam"
     ema = image.detach().clone() if average else None
+    if inside and ema is not None and resume.ema is not None:
+        ema = resume.ema.to(job.device, copy=True)
+    done = resume.step if inside else 0
     style_weight = p.style_weight / targets.style_gap  # weight = share of the gap to close
 
     reference = job.reference(content)
@@ -376,7 +407,14 @@ def _optimise_scale(
     def render() -> Image.Image:
         return imaging.to_pil(_to_rgb(job, image.detach(), content))
 
-    for _ in range(steps):
+    def save() -> bool:
+        if job.checkpointer is None:
+            return False
+        state = optimizer.state_dict()
+        job.checkpointer.save(_checkpoint(job, scale - 1, done, image, state, ema))
+        return True
+
+    while done < steps:
         loss = optimizer.step(closure).detach()
         if p.optimizer == "adam":
             with torch.no_grad():
@@ -384,6 +422,10 @@ def _optimise_scale(
         if ema is not None:
             ema.lerp_(image.detach(), 1 - EMA_BETA)
         job.step += 1
+        done += 1
+        # the last step's state is the next scale's start, saved at the boundary
+        if job.checkpointer is not None and done < steps and job.checkpointer.due(job.step):
+            save()
         if job.callback is not None:
             job.callback(
                 StyleProgress(
@@ -394,9 +436,38 @@ def _optimise_scale(
                     elapsed=time.perf_counter() - job.started,
                     _loss=loss,
                     _render=render,
+                    _save=save if done < steps else None,
                 )
             )
     return (ema if ema is not None else image).detach()
+
+
+def _checkpoint(
+    job: _Job,
+    scale: int,
+    step: int,
+    image: torch.Tensor,
+    optimizer: dict | None,
+    ema: torch.Tensor | None,
+) -> checkpoints.Checkpoint:
+    """The run's state after ``step`` steps of scale ``scale`` (0-based) as a checkpoint."""
+    assert job.checkpointer is not None
+    terms = None
+    if job.terms is not None:
+        t = job.terms
+        terms = {"content": t.content, "style": t.style, "tv": t.tv, "histogram": t.histogram}
+    return checkpoints.Checkpoint(
+        fingerprint=job.checkpointer.fingerprint,
+        scale=scale,
+        step=step,
+        total_step=job.step,
+        image=image,
+        optimizer=optimizer,
+        ema=ema,
+        terms=terms,
+        scale_log=[dict(entry) for entry in job.scale_log],
+        rng=torch.get_rng_state(),
+    )
 
 
 def _to_rgb(job: _Job, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
@@ -454,6 +525,10 @@ def stylize(
     on_progress: Callable[[StyleProgress], None] | None = None,
     precision: str = "auto",
     mask: Image.Image | None = None,
+    checkpoint: bytes | None = None,
+    on_checkpoint: Callable[[bytes], None] | None = None,
+    checkpoint_seconds: float = 30.0,
+    checkpoint_steps: int | None = None,
 ) -> StyleResult:
     """Paint ``content`` in the style of ``styles`` with ``params``.
 
@@ -461,6 +536,10 @@ def stylize(
     a drawn seed); ``precision`` (auto, fp32, bf16) is how to compute, not what, so it is
     not a job parameter.  ``mask`` is the region mask that ``params.mask_styles`` maps
     (masks.py); with ``params.color_only`` no network runs at all.
+    ``on_checkpoint`` receives the run's state as bytes at every scale boundary and,
+    inside a scale, every ``checkpoint_seconds`` (or every ``checkpoint_steps`` steps,
+    a trigger without a clock); ``checkpoint`` is such bytes from an earlier run of the
+    same params and inputs to continue from (other bytes are ignored: it starts over).
     Raises InvalidInput (bad parameter or image, named),
     OutOfMemory (refused up front or a CUDA OOM), WeightsUnavailable (missing weight
     file); a Canceled raised by ``on_progress`` propagates unchanged.
@@ -490,8 +569,17 @@ def stylize(
     plan = None
     if mask is not None:
         plan = masks.plan_regions(mask, dims[-1], params.mask_styles or (), dev)
+    resume, checkpointer = _checkpointing(
+        params,
+        (content_rgb, style_rgbs, mask),
+        (dims, steps, dev, bf16),
+        checkpoint,
+        on_checkpoint,
+        checkpoint_seconds,
+        checkpoint_steps,
+    )
     try:
-        return _run(
+        result = _run(
             params,
             preset_cfg,
             content_rgb,
@@ -504,6 +592,8 @@ def stylize(
             on_progress,
             started,
             plan=plan,
+            resume=resume,
+            checkpointer=checkpointer,
         )
     except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
@@ -511,6 +601,9 @@ def stylize(
             f"ran out of GPU memory at {dims[-1][0]}x{dims[-1][1]} on {dev}; choose a smaller "
             "size or retry when the GPU is less busy"
         ) from exc
+    if checkpoint is not None or on_checkpoint is not None:
+        result.metrics["checkpoints"] = _checkpoint_metrics(checkpointer, resume)
+    return result
 
 
 def _run(
@@ -526,6 +619,8 @@ def _run(
     callback: Callable[[StyleProgress], None] | None,
     started: float,
     plan: masks.RegionPlan | None = None,
+    resume: checkpoints.Checkpoint | None = None,
+    checkpointer: checkpoints.Checkpointer | None = None,
 ) -> StyleResult:
     share = cpu_share.CoreShare() if dev.type == "cpu" else None  # from here to scale 1
     net = load_vgg19(params.weights, params.pooling, dev)
@@ -548,20 +643,31 @@ def _run(
         total=sum(steps),
         spare_bytes=spare,
         plan=plan,
+        checkpointer=checkpointer,
     )
     image: torch.Tensor | None = None
-    scale_log = []
+    first = 0
+    if resume is not None:
+        first = _restore(job, resume)
+    scale_log = job.scale_log
     for index, (scale_dims, scale_steps) in enumerate(zip(dims, steps, strict=True)):
+        if index < first:
+            continue
         t0 = time.perf_counter()
         targets, content_t = _scale_targets(job, scale_dims)
-        if image is None:
+        here = resume if resume is not None and index == first else None
+        if here is not None:
+            image = here.image.to(dev, copy=True)
+        elif image is None:
             image = _initial(job, content_t)
         else:
             image = _upsample(job, image, content_t)
+            if checkpointer is not None:  # a scale boundary: the next scale's start
+                checkpointer.save(_checkpoint(job, index, 0, image, None, None))
         pixels = scale_dims[0] * scale_dims[1]
         with _intra_op_threads(share) as threads, _cudnn_autotune(dev, pixels):
             image = _optimise_scale(
-                job, image, targets, content_t, scale_steps, index + 1, len(dims)
+                job, image, targets, content_t, scale_steps, index + 1, len(dims), here
             )
         scale_log.append(
             {
@@ -576,6 +682,87 @@ def _run(
     output = imaging.to_pil(_to_rgb(job, image, content_t))
     metrics = _metrics(job, scale_log, started)
     return StyleResult(image=output, seed=params.seed, metrics=metrics)
+
+
+def _checkpointing(
+    params: StyleParams,
+    inputs: tuple[Image.Image, list[Image.Image], Image.Image | None],
+    run: tuple[list[tuple[int, int]], list[int], torch.device, bool],
+    data: bytes | None,
+    sink: Callable[[bytes], None] | None,
+    seconds: float,
+    steps: int | None,
+) -> tuple[checkpoints.Checkpoint | None, checkpoints.Checkpointer | None]:
+    """The checkpoint to continue from (when ``data`` is this run's) and the writer of
+    new ones (when there is a ``sink``).  The fingerprint covers the resolved params,
+    the input sizes and the scale plan, so no other run's state is ever taken."""
+    if data is None and sink is None:
+        return None, None
+    content, styles, mask = inputs
+    dims, scale_steps, dev, bf16 = run
+    key = checkpoints.fingerprint(
+        params.as_dict(),
+        content=list(content.size),
+        styles=[list(s.size) for s in styles],
+        mask=None if mask is None else list(mask.size),
+        dims=[list(d) for d in dims],
+        steps=list(scale_steps),
+        device=dev.type,
+        bf16=bf16,
+    )
+    resume = checkpoints.load(data, key)
+    if resume is not None and not _fits(resume, dims, scale_steps, params):
+        checkpoints.log.warning("ignoring a checkpoint that does not fit the run; starting over")
+        resume = None
+    checkpointer = None
+    if sink is not None:
+        checkpointer = checkpoints.Checkpointer(key, sink, seconds=seconds, steps=steps)
+    return resume, checkpointer
+
+
+def _fits(
+    resume: checkpoints.Checkpoint,
+    dims: list[tuple[int, int]],
+    steps: list[int],
+    params: StyleParams,
+) -> bool:
+    """Whether a checkpoint's scale, step and image shape are possible in this plan."""
+    if not 0 <= resume.scale < len(dims) or not 0 <= resume.step < steps[resume.scale]:
+        return False
+    width, height = dims[resume.scale]
+    channels = 1 if params.preserve_color == "luminance" else 3
+    if tuple(resume.image.shape) != (1, channels, height, width):
+        return False
+    return resume.step == 0 or resume.optimizer is not None
+
+
+def _restore(job: _Job, resume: checkpoints.Checkpoint) -> int:
+    """Put a checkpoint's run-wide state back (step count, scale log, loss terms, RNG);
+    return the index of the scale it continues."""
+    job.step = resume.total_step
+    job.scale_log = [dict(entry) for entry in resume.scale_log]
+    if resume.terms is not None:
+        terms = {
+            key: None if value is None else value.to(job.device)
+            for key, value in resume.terms.items()
+        }
+        job.terms = LossTerms(terms["content"], terms["style"], terms["tv"], terms["histogram"])
+    if resume.rng is not None:
+        torch.set_rng_state(resume.rng)
+    return resume.scale
+
+
+def _checkpoint_metrics(
+    checkpointer: checkpoints.Checkpointer | None, resume: checkpoints.Checkpoint | None
+) -> dict:
+    """What ``metrics.json`` says about checkpoints: how many this run wrote, their
+    bytes, and where it continued from (1-based scale, steps done in it) or None."""
+    resumed = None if resume is None else {"scale": resume.scale + 1, "step": resume.step}
+    return {
+        "count": 0 if checkpointer is None else checkpointer.count,
+        "bytes": 0 if checkpointer is None else checkpointer.bytes,
+        "resumed_from": resumed,
+    }
 
 
 def _metrics(job: _Job, scale_log: list[dict], started: float) -> dict:

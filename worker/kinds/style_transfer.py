@@ -4,22 +4,40 @@ The parameters are the ones shared/kinds/style_transfer.py defines; the engine r
 the rest (preset, weights from strength) and its ``metrics`` record every value it used,
 which go into ``metrics.json`` as they are.  A ``color_only`` job takes the same path:
 the engine recolours without loading a network and the outputs are stored as usual.
+
+Resume: the engine's checkpoints (worker/engines/checkpoint.py) are stored at
+``jobs/<id>/checkpoint-<attempt>.pt``, outside every attempt's prefix (a drained job's
+prefix is deleted when it is handed back) and never a file row, so never a download.
+Each attempt writes only its own, so a frozen attempt that wakes up overwrites nothing
+its successor wrote; a new attempt continues from the newest one of an attempt up to
+its own.  A drain saves one more at the step it stops at.  They are deleted when the job
+ends here in any terminal state, and stay when it is handed back or taken over.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import InputError
 from shared.images import load_rgb
+from shared.states import Superseded
+from shared.storage import job_key
 from worker.engines.errors import InvalidInput
 from worker.kinds import KindRunner, RunContext
+from worker.progress import Drained
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from worker.engines.style_transfer import StyleProgress
+
+log = logging.getLogger(__name__)
+
 
 # output_format (a runner-only param) -> PIL format, content type
 OUTPUT_TYPES = {
@@ -45,7 +63,7 @@ def _image(ctx: RunContext, role: str, name: str) -> Image.Image:
 def run(ctx: RunContext) -> dict[str, Any]:
     """Load the images, run the style engine with progress, store result + preview."""
     from worker.engines.params import StyleParams
-    from worker.engines.style_transfer import StyleProgress, stylize
+    from worker.engines.style_transfer import stylize
 
     content = _image(ctx, "content", ctx.inputs["content"][0])
     styles = [_image(ctx, "style", name) for name in ctx.inputs.get("style", [])]
@@ -57,16 +75,37 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.mark_processing()
 
     def on_progress(progress: StyleProgress) -> None:
-        ctx.report(
-            current=progress.step,
-            total=progress.total,
-            stage=f"scale {progress.scale}/{progress.scales}",
-            loss=lambda: progress.loss,  # read (a GPU sync) only when a report is written
-            image=progress.image,
-        )
+        try:
+            ctx.report(
+                current=progress.step,
+                total=progress.total,
+                stage=f"scale {progress.scale}/{progress.scales}",
+                loss=lambda: progress.loss,  # read (a GPU sync) only when a report is written
+                image=progress.image,
+            )
+        except Drained:
+            _save_before_hand_back(ctx, progress)
+            raise
 
     started = time.monotonic()
-    result = stylize(content, styles, params, on_progress=on_progress, mask=mask)
+    try:
+        result = stylize(
+            content,
+            styles,
+            params,
+            on_progress=on_progress,
+            mask=mask,
+            checkpoint=read_checkpoint(ctx),
+            on_checkpoint=_checkpoint_sink(ctx),
+            checkpoint_seconds=ctx.settings.checkpoint_seconds,
+        )
+    except (Drained, Superseded):
+        raise  # the job goes on elsewhere: its checkpoints are what it continues from
+    except Exception:
+        # canceled or failed: the job ends here (a worker stopped at once raises no
+        # Exception here, and its checkpoint stays for the claim after the requeue)
+        delete_checkpoints(ctx)
+        raise
     fmt, content_type = OUTPUT_TYPES[ctx.params.get("output_format", "png")]
     buffer = io.BytesIO()
     result.image.save(buffer, fmt)
@@ -81,11 +120,67 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.store_output("metrics.json", metrics_json, "application/json")
     ctx.save_preview(result.image)
     ctx.save_thumbnail(result.image)
+    delete_checkpoints(ctx)
     return {
         "device": result.metrics.get("device"),
         "seed": result.seed,
         "losses": result.metrics.get("losses"),
+        "checkpoints": result.metrics.get("checkpoints"),
     }
+
+
+def checkpoint_key(job_id: str, attempt: int) -> str:
+    """Where ``attempt`` of the job keeps its checkpoint (not under an attempt prefix)."""
+    return job_key(job_id, f"checkpoint-{int(attempt)}.pt")
+
+
+def read_checkpoint(ctx: RunContext) -> bytes | None:
+    """The newest checkpoint of this attempt or an earlier one; None when there is none
+    or storage fails (the run then starts over, which is never wrong, only slower)."""
+    for attempt in range(ctx.fence.attempt, 0, -1):
+        key = checkpoint_key(ctx.job_id, attempt)
+        try:
+            if not ctx.storage.exists(key):
+                continue
+            with ctx.storage.open(key) as handle:
+                data = handle.read()
+        except Exception:
+            log.warning("job %s: could not read %s; starting over", ctx.job_id, key, exc_info=True)
+            return None
+        log.info("job %s attempt %d continues from %s", ctx.job_id, ctx.fence.attempt, key)
+        return data
+    return None
+
+
+def delete_checkpoints(ctx: RunContext) -> None:
+    """Remove every attempt's checkpoint of the job, best effort."""
+    for attempt in range(1, ctx.fence.attempt + 1):
+        try:
+            ctx.storage.delete_prefix(checkpoint_key(ctx.job_id, attempt))
+        except Exception:
+            log.warning("job %s: could not delete a checkpoint", ctx.job_id, exc_info=True)
+
+
+def _checkpoint_sink(ctx: RunContext) -> Callable[[bytes], None]:
+    """Stores the engine's checkpoint bytes as this attempt's; a failed write is logged,
+    not fatal (the job goes on, with an older checkpoint or none to resume from)."""
+    key = checkpoint_key(ctx.job_id, ctx.fence.attempt)
+
+    def store(data: bytes) -> None:
+        try:
+            ctx.storage.put_bytes(key, data)
+        except Exception:
+            log.warning("job %s: could not store its checkpoint", ctx.job_id, exc_info=True)
+
+    return store
+
+
+def _save_before_hand_back(ctx: RunContext, progress: StyleProgress) -> None:
+    """The drain ran out: checkpoint this very step, so the next claim repeats none."""
+    try:
+        progress.save_checkpoint()
+    except Exception:
+        log.warning("job %s: no checkpoint at hand-back", ctx.job_id, exc_info=True)
 
 
 def preload() -> None:
