@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from datetime import timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import ColumnElement, exists, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from shared import states
@@ -39,14 +39,29 @@ def active_predicts(session: Session, model_id: str) -> list[str]:
     )
 
 
+def _not_in(queues: Iterable[str]) -> ColumnElement[bool]:
+    """Jobs of none of ``queues`` (a job with no recorded queue is of none)."""
+    skipped = sorted(queues)
+    return or_(Job.queue.is_(None), Job.queue.not_in(skipped)) if skipped else true()
+
+
 def pending_dispatch(
-    session: Session, *, grace_seconds: float = 5.0, limit: int = 100
+    session: Session,
+    *,
+    grace_seconds: float = 5.0,
+    limit: int = 100,
+    skip_queues: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
-    """Queued rows the broker never took (web could not publish), oldest first."""
+    """Queued rows the broker never took (web could not publish), oldest first.
+
+    ``skip_queues`` (the paused ones) are left out in the query, so a paused queue's
+    backlog never hides another queue's jobs behind the limit.
+    """
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
     rows = session.execute(
         select(Job.id, Job.kind)
         .where(Job.status == states.QUEUED, Job.enqueued_at.is_(None), Job.created_at < cutoff)
+        .where(_not_in(skip_queues))
         .order_by(Job.created_at)
         .limit(limit)
     )
@@ -124,13 +139,18 @@ def expired_jobs(session: Session, *, ttl_seconds: int, limit: int = 200) -> lis
 
 
 def published_but_waiting(
-    session: Session, *, older_than_seconds: float, limit: int = 1000
+    session: Session,
+    *,
+    older_than_seconds: float,
+    limit: int = 1000,
+    skip_queues: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
     """Queued jobs whose message went out a while ago (candidates for a lost message)."""
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     rows = session.execute(
         select(Job.id, Job.kind)
         .where(Job.status == states.QUEUED, Job.enqueued_at < cutoff)
+        .where(_not_in(skip_queues))
         .order_by(Job.created_at)
         .limit(limit)
     )

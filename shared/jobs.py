@@ -18,7 +18,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
-    case,
+    exists,
     func,
     or_,
     select,
@@ -27,7 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobFile
+from shared import fairness
+from shared.models import Job, JobFile, QueuePause
+from shared.queue import queue_for
 from shared.states import QUEUED, Fence, fenced_update
 from shared.storage import JOB_ID, job_key
 from shared.timeutil import utcnow
@@ -56,9 +58,28 @@ def add_job(
     owner: str,
     params: dict[str, Any],
     files: list[StoredFile],
+    priority: int = fairness.DEFAULT_PRIORITY,
 ) -> Job:
-    """Insert a queued job with its input files (the caller commits, then enqueues)."""
-    job = Job(id=job_id, kind=kind, owner=owner, status=QUEUED, params=params, created_at=utcnow())
+    """Insert a queued job with its input files (the caller commits, then enqueues).
+
+    The row records the queue its kind runs on, which the fair claim and the queue
+    position filter on (shared/fairness.py); a kind no loaded spec defines gets none and
+    runs only on its own message. ``priority`` was checked at the edge.
+    """
+    try:
+        queue: str | None = queue_for(kind)
+    except LookupError:
+        queue = None
+    job = Job(
+        id=job_id,
+        kind=kind,
+        owner=owner,
+        status=QUEUED,
+        params=params,
+        created_at=utcnow(),
+        priority=priority,
+        queue=queue,
+    )
     job.files = [
         JobFile(role=f.role, name=f.name, content_type=f.content_type, size=f.size) for f in files
     ]
@@ -87,11 +108,17 @@ def mark_enqueued(session: Session, job_id: str) -> None:
     The mark is advisory (a lost one only makes the dispatcher publish the job again, and
     the claim's compare-and-set makes that harmless), so on PostgreSQL its commit does not
     wait for the WAL flush: that wait was the largest part of a submit's latency.
+
+    A job of a paused queue stays unmarked: a worker drops its message (perhaps before
+    this runs), and the resume publishes every unmarked job of the queue again.
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL synchronous_commit = off"))
+    paused = exists().where(QueuePause.queue == Job.queue)
     session.execute(
-        update(Job).where(Job.id == job_id, Job.enqueued_at.is_(None)).values(enqueued_at=utcnow())
+        update(Job)
+        .where(Job.id == job_id, Job.enqueued_at.is_(None), ~paused)
+        .values(enqueued_at=utcnow())
     )
 
 
@@ -138,38 +165,10 @@ def list_jobs(
 
 _JOBS = Job.__table__
 _FILES = JobFile.__table__
-_AHEAD = _JOBS.alias("ahead")
-
-
-def _queued_before(created: Any, job_id: Any) -> Select[tuple[int]]:
-    """How many queued jobs come before (created, job_id): oldest first, the id breaks ties.
-
-    Both terms are ranges on ``ix_jobs_status_created``, so the count reads only the
-    queued part of the index, never the whole table.
-    """
-    return (
-        select(func.count())
-        .select_from(_AHEAD)
-        .where(
-            _AHEAD.c.status == QUEUED,
-            or_(
-                _AHEAD.c.created_at < created,
-                and_(_AHEAD.c.created_at == created, _AHEAD.c.id < job_id),
-            ),
-        )
-    )
-
-
 # Built once at import: building a statement costs more CPU than running it on a small
-# indexed read, and every poll of a job page runs these.
-_COUNT_AHEAD = _queued_before(bindparam("created"), bindparam("job_id"))
-_POSITION = case(
-    (
-        _JOBS.c.status == QUEUED,
-        _queued_before(_JOBS.c.created_at, _JOBS.c.id).scalar_subquery() + 1,
-    ),
-    else_=None,
-).label("queue_position")
+# indexed read, and every poll of a job page runs it. The position is the job's place in
+# its queue's fair order (shared/fairness.py).
+_POSITION = fairness.POSITION
 
 
 def _files_as_json(dialect: str) -> Label[Any]:
@@ -224,11 +223,11 @@ def _read_statement(dialect: str) -> Select[Any]:
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    """1-based place among queued jobs of the same queue, oldest first; None unless queued."""
+    """1-based place in its queue's fair order (shared/fairness.py); None unless queued."""
     if job.status != QUEUED:
         return None
-    ahead = session.scalar(_COUNT_AHEAD, {"created": job.created_at, "job_id": job.id})
-    return int(ahead or 0) + 1
+    position = session.scalar(fairness.position_of(job.id))
+    return None if position is None else int(position)
 
 
 class FileRead(NamedTuple):

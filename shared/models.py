@@ -90,6 +90,11 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[str | None] = mapped_column(String(64))
 
+    # fair queues (shared/fairness.py): 0-9, higher first; the queue its kind runs on,
+    # recorded at submit so the claim and the queue position filter on one column
+    priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
+    queue: Mapped[str | None] = mapped_column(String(32))
+
     files: Mapped[list[JobFile]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobFile.id"
     )
@@ -97,6 +102,11 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        # the claim's choice and the queue position: queued jobs of a queue by priority,
+        # grouped by owner, oldest first
+        Index("ix_jobs_fair_order", "status", "queue", "priority", "owner", "created_at"),
+        # an owner's last start on a queue: who has waited longest for a turn
+        Index("ix_jobs_owner_served", "owner", "queue", "started_at"),
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
 
@@ -135,3 +145,18 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class QueuePause(Base):
+    """A paused queue: its jobs stay ``queued`` and no worker claims them until resumed.
+
+    In the database rather than Redis: the claim that must respect it reads the same
+    database, and a Redis restarted without persistence would otherwise resume every
+    paused queue by itself.
+    """
+
+    __tablename__ = "queue_pauses"
+
+    queue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(128))

@@ -50,6 +50,9 @@ def celery_config(settings: Settings) -> dict:
         "accept_content": ["json"],
         "worker_max_tasks_per_child": 50,
         "worker_max_memory_per_child": 8 * 1024 * 1024,  # KiB: recycle a child past 8 GiB
+        # A new child loads VGG19 (worker_process_init) before it reports alive; Celery's
+        # 4 s default killed and re-forked children over and over on a loaded host
+        "worker_proc_alive_timeout": 120,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "broker_pool_limit": 10,

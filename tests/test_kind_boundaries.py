@@ -24,7 +24,7 @@ from tests.conftest import tiny_png
 from tests.finetune_data import make_zip, shape_files
 
 pytestmark = pytest.mark.parametrize("fresh_db_url", ["sqlite"], indirect=True)
-COMMON = {"kind", "webhook", "webhook_events"}
+COMMON = {"kind", "webhook", "webhook_events", "priority"}
 DERANDOMIZED = hsettings(
     max_examples=300,
     derandomize=True,

@@ -55,6 +55,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         openapi,
         pages,
         queue,
+        queues,
         security,
     )
 
@@ -65,6 +66,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     csrf.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(queues.bp)
     events.init_app(app)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)

@@ -26,6 +26,8 @@ from web.events import (
 )
 from web.kinds.describe import param_rows
 from web.query import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
+from web.queues import PRIORITY_SCHEMA
+from web.queues import openapi_paths as queue_paths
 from web.submit import MAX_PREFER_LENGTH, MAX_PREFER_WAIT
 
 bp = Blueprint("openapi", __name__)
@@ -45,6 +47,7 @@ COMMON_FIELDS: dict[str, dict[str, Any]] = {
         f"start,completed); progress and output (a new preview) come at most every "
         f"{PROGRESS_INTERVAL:g} s per job",
     },
+    "priority": PRIORITY_SCHEMA,
 }
 
 
@@ -146,6 +149,55 @@ PROGRESS_SCHEMA = _object(
             "description": "single-job reads only: points {t, step, loss, …detail numbers}",
         },
     }
+)
+
+
+DRY_RUN = {
+    "name": "dry_run",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["true", "false"]},
+    "description": "true: run every check of the submit (same 4xx) and answer 200 with an "
+    "estimate (DryRun) instead of creating the job: no row, no file, no message, and no "
+    "count against the submit rate limit or quotas; a value other than true/false is a "
+    "400 naming dry_run",
+}
+_DEVICE_ESTIMATE = _object(
+    {
+        "seconds": {"type": "number", "description": "predicted run time"},
+        "peak_bytes": {
+            "type": ["integer", "null"],
+            "description": "the engine's peak memory estimate",
+        },
+        "fit_on_jobs": {
+            "type": "integer",
+            "description": "finished jobs the time model was fit on (0: built-in default)",
+        },
+    },
+    ["seconds", "peak_bytes", "fit_on_jobs"],
+)
+DRY_RUN_SCHEMA = _object(
+    {
+        "valid": {"type": "boolean", "const": True},
+        "kind": {"type": "string"},
+        "params": {"type": "object", "description": "the params the job would get"},
+        "estimate": {
+            "type": "object",
+            "additionalProperties": _DEVICE_ESTIMATE,
+            "description": "per device class (cpu, cuda)",
+        },
+        "runnable": {"type": "boolean", "description": "a worker is connected"},
+        "workers": _object(
+            {
+                "connected": {"type": "integer"},
+                "device_classes": {"type": ["array", "null"], "items": {"type": "string"}},
+            },
+            ["connected"],
+        ),
+        "queue_position": {"type": "integer", "minimum": 1},
+        "basis": {"type": "object", "description": "how the estimate was made"},
+    },
+    ["valid", "kind", "params", "estimate", "runnable", "workers", "queue_position", "basis"],
 )
 
 
@@ -354,6 +406,7 @@ def _paths() -> dict[str, Any]:
                         "first job (200) instead of creating another",
                     },
                     PREFER_WAIT,
+                    DRY_RUN,
                 ],
                 "requestBody": submit_body,
                 "responses": {
@@ -366,10 +419,18 @@ def _paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    "200": _job_response(
-                        "an earlier job with the same Idempotency-Key (finished, with "
-                        "Preference-Applied, when Prefer: wait=N saw it end)"
-                    ),
+                    "200": {
+                        "description": "an earlier job with the same Idempotency-Key "
+                        "(finished, with Preference-Applied, when Prefer: wait=N saw it end); "
+                        "with dry_run=true: the estimate (DryRun), nothing stored",
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "anyOf": [{"$ref": REF + "Job"}, {"$ref": REF + "DryRun"}]
+                                }
+                            }
+                        },
+                    },
                     "201": {
                         **_job_response(
                             "Prefer: wait=N and the job ended within N s: the finished job"
@@ -428,6 +489,7 @@ def _paths() -> dict[str, Any]:
             },
         },
         "/api/v1/jobs/{id}/events": _events_path(),
+        **queue_paths(),
         "/api/v1/jobs/{id}/cancel": {
             "parameters": [JOB_ID],
             "post": {
@@ -533,6 +595,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     ["results", "next"],
                 ),
                 "File": FILE_SCHEMA,
+                "DryRun": DRY_RUN_SCHEMA,
                 "Progress": PROGRESS_SCHEMA,
                 "Error": ERROR_SCHEMA,
                 "Health": _object(

@@ -10,14 +10,20 @@ dispatcher's orphan sweep removes after a grace period.
 The early quota check only spares work; the binding one (``shared.quotas.admit``) runs
 under the owner's lock in the transaction that inserts the row, after the files are
 written, so the lock is held for a count, an insert and a commit, never for an upload.
+
+``?dry_run=true`` on the API stops after the checks (``check_submission``, the same
+function) and answers web/dry_run.py's estimate through ``abort(response)``, before the
+rate limit, the quotas or the idempotency lookup, which all write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from flask import abort
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,8 +39,9 @@ from shared.states import SUCCEEDED
 from shared.storage import job_key, open_storage
 from shared.timeutil import utcnow
 from shared.webhooks import check_target, parse_events
-from web import db, queue
-from web.kinds import SubmitContext, handler_for, validate_kind
+from web import db, dry_run, queue
+from web.kinds import Prepared, SubmitContext, handler_for, validate_kind
+from web.queues import submit_priority
 from web.ratelimit import check_submit_rate
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -68,6 +75,14 @@ def prefer_wait(header: str | None) -> int | None:
     return None
 
 
+def check_idempotency_key(key: str | None) -> None:
+    """An Idempotency-Key, when sent, is 1-255 printable characters (400 naming it)."""
+    if key is not None and (not key or len(key) > MAX_KEY or not key.isprintable()):
+        raise InputError(
+            f"Idempotency-Key must be 1-{MAX_KEY} printable characters", field="Idempotency-Key"
+        )
+
+
 def find_idempotent(owner: str, key: str | None) -> Job | None:
     """The job this owner already submitted with ``key`` in the last 24 h, if any.
 
@@ -75,10 +90,7 @@ def find_idempotent(owner: str, key: str | None) -> Job | None:
     """
     if key is None:
         return None
-    if not key or len(key) > MAX_KEY or not key.isprintable():
-        raise InputError(
-            f"Idempotency-Key must be 1-{MAX_KEY} printable characters", field="Idempotency-Key"
-        )
+    check_idempotency_key(key)
     session = db.session()
     cutoff = utcnow() - IDEMPOTENCY_WINDOW
     session.execute(
@@ -126,6 +138,35 @@ def _check_jobs_still_there(session: Session, spec: KindSpec, params: Mapping[st
             )
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A submit that passed every check: its kind, its prepared params and input files
+    (read, not stored) and its webhook."""
+
+    spec: KindSpec
+    prepared: Prepared
+    webhook_url: str | None
+    webhook_events: str | None
+    priority: int
+
+
+def check_submission(
+    form: Mapping[str, str], files: MultiDict, owner: str, settings: Settings, session: Session
+) -> Checked:
+    """Every check of a submit's body, storing nothing: the one path that a real submit
+    and a dry run (web/dry_run.py) take, so both refuse the same body with the same 4xx."""
+    spec = validate_kind(form.get("kind"))
+    kind = spec.name
+    unknown = set(files.keys()) - set(spec.file_names)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InputError(f"unknown file field {name!r} for {kind}", field=name)
+    webhook_url, webhook_events = _webhook(form, settings)
+    priority = submit_priority(form)
+    prepared = handler_for(kind)(SubmitContext(spec, form, files, owner, settings, session))
+    return Checked(spec, prepared, webhook_url, webhook_events, priority)
+
+
 def submit_job(
     form: Mapping[str, str],
     files: MultiDict,
@@ -136,22 +177,23 @@ def submit_job(
     """Validate, store, commit, enqueue; returns (job, created).
 
     Raises InputError for anything the client must fix. With an Idempotency-Key seen
-    before, returns the first job and ``created=False``.
+    before, returns the first job and ``created=False``. A request to ``POST
+    /api/v1/jobs?dry_run=true`` stops after the checks and answers the estimate instead
+    (web/dry_run.py): no row, no file, no message, and no count against the rate limit
+    or the quotas.
     """
+    if dry_run.requested():
+        check_idempotency_key(idempotency_key)
+        abort(dry_run.answer(check_submission(form, files, owner, settings, db.session())))
     existing = find_idempotent(owner, idempotency_key)
     if existing is not None:
         return existing, False
     check_submit_rate(owner, settings)
     session = db.session()
     check_admission(session, owner, settings)
-    spec = validate_kind(form.get("kind"))
-    kind = spec.name
-    unknown = set(files.keys()) - set(spec.file_names)
-    if unknown:
-        name = sorted(unknown)[0]
-        raise InputError(f"unknown file field {name!r} for {kind}", field=name)
-    webhook_url, webhook_events = _webhook(form, settings)
-    prepared = handler_for(kind)(SubmitContext(spec, form, files, owner, settings, session))
+    checked = check_submission(form, files, owner, settings, session)
+    spec, prepared, kind = checked.spec, checked.prepared, checked.spec.name
+    webhook_url, webhook_events = checked.webhook_url, checked.webhook_events
     session.commit()  # end the reads: no connection is held while the files are written
 
     job_id = new_job_id()
@@ -168,6 +210,7 @@ def submit_job(
             owner=owner,
             params=prepared.params,
             files=[stored for stored, _ in prepared.inputs],
+            priority=checked.priority,
         )
         job.idempotency_key = idempotency_key
         job.webhook_url, job.webhook_events = webhook_url, webhook_events

@@ -34,6 +34,7 @@ import requests
 from shared.errors import InputError
 from shared.kinds import KINDS, FileField, KindSpec, Param, load_modules
 from shared.kinds.spec import number_text  # the server's way to write bounds
+from worker.queue_cli import add_parsers as add_queue_parsers
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -582,6 +583,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     download.add_argument("id")
     download.add_argument("-o", "--output", type=Path, help="directory (default: ./<job id>)")
     download.set_defaults(func=run, client_func=_cmd_download)
+    add_queue_parsers(sub, common, run)
 
 
 def main(argv: list[str] | None = None) -> int:

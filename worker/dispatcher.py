@@ -21,7 +21,9 @@ import redis
 from celery import Celery
 from sqlalchemy import update
 
+from shared import events
 from shared.db import session_scope
+from shared.fairness import paused_queues
 from shared.housekeeping import (
     active_predicts,
     expired_jobs,
@@ -74,6 +76,7 @@ def reap(settings: Settings, send: Send) -> None:
         log.warning(
             "job %s: no heartbeat for %ss, now %s", job_id, settings.heartbeat_timeout, status
         )
+        events.notify(settings, job_id, events.STATUS)  # open streams see it now, not at 15 s
         if status == FAILED:
             try:
                 send(NOTIFY_TASK, [job_id, "completed"], CPU_QUEUE)
@@ -92,9 +95,10 @@ def _queue(job_id: str, kind: str) -> str | None:
 
 
 def dispatch(settings: Settings, send: Send) -> int:
-    """Publish queued rows the broker never took; returns how many were published."""
+    """Publish queued rows the broker never took, but none of a paused queue (their
+    messages would only be dropped); returns how many were published."""
     with session_scope(settings.database_url) as session:
-        pending = pending_dispatch(session)
+        pending = pending_dispatch(session, skip_queues=paused_queues(session))
     published = 0
     for job_id, kind in pending:
         queue = _queue(job_id, kind)
@@ -134,9 +138,16 @@ def _message_ids(client: redis.Redis) -> set[str]:
 
 def republish_lost(settings: Settings, send: Send, *, older_than: float = 30.0) -> int:
     """Publish again queued jobs whose message Redis no longer has (a restart without
-    persistence, a flushed database). A duplicate is harmless: the claim is a CAS."""
+    persistence, a flushed database). A duplicate is harmless: the claim is a CAS.
+
+    A worker runs the best job of a queue on any of its messages (shared/fairness.py),
+    so a job can wait while the message labelled with its id is gone and another one
+    stands for it; such a job is published again too, and the spare message later runs
+    the next job or nothing. That costs a message now and then, never a job."""
     with session_scope(settings.database_url) as session:
-        waiting = published_but_waiting(session, older_than_seconds=older_than)
+        waiting = published_but_waiting(
+            session, older_than_seconds=older_than, skip_queues=paused_queues(session)
+        )
     if not waiting:
         return 0
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=2)

@@ -7,7 +7,7 @@ import logging
 from celery import Celery
 from sqlalchemy import select
 
-from shared import states
+from shared import fairness, states
 from shared.db import session_scope
 from shared.jobs import mark_enqueued
 from shared.models import Job
@@ -27,18 +27,46 @@ log = logging.getLogger(__name__)
 
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self, job_id: str) -> None:
-    """Run one job; the row, not Celery's result, records what happened.
+    """Run the job that should go next on the message's queue; the row, not Celery's
+    result, records what happened.
 
-    Every outcome returns normally, so the message is acked (``task_acks_late``): a job
-    that is not ours, or was taken over from us (superseded), runs on the message of the
-    worker that has it; a job handed back by a shutdown drain is published again here,
-    and by the dispatcher if this fails (its row waits with ``enqueued_at`` cleared).
-    Only a dead child leaves the message unacked, and the claim's compare-and-set makes
-    its redelivery harmless.
+    The message is a wake-up call for its queue, ``job_id`` only its label: the job run
+    is the queue's best by the fair order (shared/fairness.py), claimed by the usual
+    compare-and-set. Every outcome returns normally, so the message is acked
+    (``task_acks_late``): a job that is not ours, or was taken over from us
+    (superseded), runs on the message of the worker that has it; a job handed back by a
+    shutdown drain is published again here, and by the dispatcher if this fails (its
+    row waits with ``enqueued_at`` cleared). Only a dead child leaves the message
+    unacked, and the claim's compare-and-set makes its redelivery harmless.
     """
-    status = run_job_row(job_id, worker=self.request.hostname or "worker")
-    if status == states.QUEUED:
-        publish_again(self.app, job_id)
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    run_next(self.app, job_id, queue, worker=self.request.hostname or "worker")
+
+
+def run_next(celery: Celery, job_id: str, queue: str | None, *, worker: str) -> str | None:
+    """Claim and run the best queued job of ``queue`` for the message labelled
+    ``job_id``; returns the status it ended in (None: nothing was run to its end here).
+
+    A paused queue runs nothing: the message is dropped and its job waits, unpublished,
+    for the dispatcher to send it after the resume. Losing the claim to another worker
+    (or a cancel) picks again, a few times; the message's own job is the fallback when
+    the queue has nothing else (a job of a kind this deployment no longer maps to a
+    queue runs only on its own message).
+    """
+    settings = get_settings()
+    for _ in range(fairness.PICK_TRIES):
+        with session_scope(settings.database_url) as session:
+            if queue and fairness.is_paused(session, queue):
+                fairness.unpublish(session, job_id)
+                log.info("queue %s is paused; job %s waits for its resume", queue, job_id)
+                return None
+            chosen = (fairness.pick_next(session, queue) if queue else None) or job_id
+        status = run_job_row(chosen, worker=worker)
+        if status == states.QUEUED:
+            publish_again(celery, chosen)
+        if status is not None or chosen == job_id:
+            return status
+    return None
 
 
 def publish_again(celery: Celery, job_id: str) -> None:

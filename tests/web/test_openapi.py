@@ -15,7 +15,7 @@ from shared.kinds import KINDS
 from tests.conftest import style_form
 from web.openapi import schema_name
 
-COMMON = {"kind", "webhook", "webhook_events"}
+COMMON = {"kind", "webhook", "webhook_events", "priority"}
 
 
 def _validator(spec: dict, name: str) -> Draft202012Validator:

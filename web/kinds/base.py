@@ -20,7 +20,7 @@ from shared.kinds import KindSpec
 from shared.settings import Settings
 
 # Form fields of every kind that web.submit reads itself; the spec never sees them.
-COMMON_FIELDS = frozenset({"kind", "webhook", "webhook_events"})
+COMMON_FIELDS = frozenset({"kind", "webhook", "webhook_events", "priority"})
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,63 @@
     });
   });
 
+  // --- estimate: a dry run of the form as it stands, shown before the user presses start ----
+  function duration(seconds) {
+    if (seconds < 90) return Math.max(1, Math.round(seconds)) + " s";
+    if (seconds < 5400) return Math.round(seconds / 60) + " min";
+    return (seconds / 3600).toFixed(1) + " h";
+  }
+  function estimateText(body) {
+    const parts = [];
+    const names = { cpu: "CPU", cuda: "GPU" };
+    for (const [device, guess] of Object.entries(body.estimate)) {
+      let text = "~" + duration(guess.seconds) + " on " + (names[device] || device);
+      if (guess.peak_bytes) text += " (peak " + size(guess.peak_bytes) + ")";
+      parts.push(text);
+    }
+    let line = "Estimate: " + parts.join(", ") + "; queue position " + body.queue_position;
+    if (!body.runnable) line += "; no worker is connected right now";
+    return line;
+  }
+  forms.forEach((form) => {
+    const out = form.querySelector("[data-estimate]");
+    const url = root.dataset.dryRun;
+    if (!out || !url) return;
+    let timer = null;
+    let pending = null;
+    async function estimate() {
+      const data = new FormData();
+      let bytes = 0;
+      for (const [name, value] of new FormData(form)) {
+        if (value instanceof File) {
+          if (!value.name && !value.size) continue; // an unused file input
+          bytes += value.size;
+        } else if (name === "csrf_token" || value.trim() === "") continue; // server defaults
+        data.append(name, value);
+      }
+      if (bytes === 0 || bytes > limits.request) { out.hidden = true; return; }
+      if (pending) pending.abort();
+      pending = new AbortController();
+      const token = form.querySelector("input[name=csrf_token]");
+      try {
+        const response = await fetch(url, {
+          method: "POST",
+          body: data,
+          signal: pending.signal,
+          headers: { Accept: "application/json", "X-CSRF-Token": token ? token.value : "" },
+        });
+        const body = await response.json();
+        out.textContent = response.ok ? estimateText(body) : "No estimate: " + body.error.message;
+        out.hidden = false;
+      } catch (e) {
+        if (e.name !== "AbortError") out.hidden = true; // a newer request replaced this one
+      }
+    }
+    const later = () => { clearTimeout(timer); timer = setTimeout(estimate, 600); };
+    form.addEventListener("input", later);
+    form.addEventListener("change", later);
+  });
+
   // --- submit with upload progress; errors come back as JSON ------------------------------
   forms.forEach((form) => {
     form.addEventListener("submit", async (event) => {

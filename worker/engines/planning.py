@@ -1,63 +1,41 @@
 """Decisions made before optimising: scale pyramid, step budget and memory fit.
 
-Kept apart from the optimisation loop so each rule is testable on its own and the web side
-could, later, refuse an oversize job before it is queued.
+Kept apart from the optimisation loop so each rule is testable on its own. The pure
+arithmetic (the scale pyramid, the step split, the memory estimate) lives in
+shared/estimates.py, torch-free, so the web side's dry run predicts with the same rules.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
 import torch
 
+from shared.estimates import SCALE_RATIO, estimate_bytes, scale_sizes, steps_per_scale
+
 from .imaging import fit_long_side
 
-SCALE_RATIO = math.sqrt(2.0)
-# Floats kept per input pixel for VGG19 up to relu5_1 with input gradients (saved ReLU
-# outputs, pooled maps and max-pool indices), doubled for the backward pass's transients.
-_BYTES_PER_PIXEL_FP32 = 4 * 380 * 2
-_NET_BYTES = 60 * 2**20
+__all__ = [
+    "MAX_LBFGS_HISTORY",
+    "MIN_LBFGS_HISTORY",
+    "SCALE_RATIO",
+    "SHARE_ENV",
+    "available_bytes",
+    "estimate_bytes",
+    "lbfgs_history",
+    "scale_dims",
+    "scale_sizes",
+    "steps_per_scale",
+    "within_share",
+]
+
 MAX_LBFGS_HISTORY = 100
 MIN_LBFGS_HISTORY = 5
 
 
-def scale_sizes(size: int, multiscale: bool, min_scale: int = 128) -> list[int]:
-    """Long sides of the coarse-to-fine pyramid: ~√2 apart from ~min_scale up to ``size``.
-
-    Tiny outputs (tests, thumbnails) start at half their size so the multi-scale path
-    is still exercised; VGG needs ≥16 px for relu5_1 to have any extent.
-    """
-    start = min(min_scale, size // 2)
-    if not multiscale or start < 16:
-        return [size]
-    count = math.ceil(math.log(size / start) / math.log(SCALE_RATIO) - 1e-6) + 1
-    return [round(start * (size / start) ** (i / (count - 1))) for i in range(count)]
-
-
-def steps_per_scale(total: int, scales: int, growth: float) -> list[int]:
-    """Split ``total`` steps geometrically (coarse scale first), each scale ≥ 1 step.
-
-    Scale i from the top gets ``growth`` times the steps of scale i + 1.
-    """
-    if total < scales:
-        raise ValueError("need at least one step per scale")
-    weights = [growth ** (scales - 1 - i) for i in range(scales)]
-    raw = [total * w / sum(weights) for w in weights]
-    steps = [max(1, math.floor(r)) for r in raw]
-    steps[0] += total - sum(steps)
-    return steps
-
-
 def scale_dims(content_size: tuple[int, int], long_sides: list[int]) -> list[tuple[int, int]]:
     return [fit_long_side(*content_size, side) for side in long_sides]
-
-
-def estimate_bytes(width: int, height: int, bf16: bool) -> int:
-    """Rough peak memory of one optimiser step at (width, height)."""
-    per_pixel = _BYTES_PER_PIXEL_FP32 // (2 if bf16 else 1)
-    return _NET_BYTES + width * height * per_pixel
 
 
 # Bytes of its GPU this process may use, when `atelier worker --jobs-per-gpu N` shares the

@@ -1,0 +1,164 @@
+"""How close the dry run's time estimate (shared/estimates.py) comes on this CPU.
+
+Usage: python benchmarks/estimate_accuracy.py [--quick]
+
+Runs a mixed set of small jobs through the engines in this process on the CPU: style
+transfer at sizes 128-1024 with few iterations, and linear-probe fine-tunes on the
+project's own drawn dataset (tests/finetune_data.py) at a few image sizes and counts.
+Each job's work is what the dry run computes before it runs (the scale plan's
+pixel-steps from the params and the content size; images × (image_size/224)²), and its
+time is the engine's wall time (network load included). The model is scored
+leave-one-out: each job is predicted by the least-squares line fit on the other jobs of
+its kind. Target: within ±30 % for 80 % of the jobs. Also printed: the line fit on all
+jobs (the source of the built-in defaults in shared/estimates.py) and how the built-in
+defaults themselves score. Results go to ``benchmarks/results/estimate_accuracy.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import machine, table, write_result  # noqa: E402
+from shared import estimates  # noqa: E402
+
+TOLERANCE = 0.30
+TARGET_SHARE = 0.80
+STYLE_JOBS = [(128, 8), (128, 24), (256, 8), (256, 16), (384, 8), (512, 6), (512, 12)]
+STYLE_JOBS += [(768, 6), (1024, 5)]
+FINETUNE_JOBS = [(64, 10), (64, 20), (96, 10), (128, 10), (128, 20)]  # (image_size, per class)
+
+
+def _content(width: int, height: int, seed: int):
+    from PIL import Image
+
+    from benchmarks.harness import sample_png
+
+    return Image.open(io.BytesIO(sample_png(width, height, seed))).convert("RGB")
+
+
+def run_style(size: int, iterations: int) -> dict[str, Any]:
+    from worker.engines.params import StyleParams
+    from worker.engines.style_transfer import stylize
+
+    content, style = _content(640, 480, 1), _content(400, 400, 2)
+    values = {"size": size, "iterations": iterations, "preset": "fast", "seed": 7}
+    params = StyleParams.resolve(1, device="cpu", **values)
+    dims, steps = estimates.style_plan({**values, "multiscale": params.multiscale}, content.size)
+    started = time.perf_counter()
+    stylize(content, [style], params)
+    seconds = time.perf_counter() - started
+    work = estimates.style_pixel_steps(dims, steps)
+    return {
+        "kind": "style_transfer",
+        "size": size,
+        "iterations": iterations,
+        "work": work,
+        "seconds": round(seconds, 3),
+    }
+
+
+def run_finetune(image_size: int, per_class: int) -> dict[str, Any]:
+    from tests.finetune_data import make_zip, shape_files
+    from worker.engines.finetune import FinetuneConfig, fine_tune
+    from worker.kinds.fine_tune import load_dataset
+
+    dataset, layout = load_dataset(make_zip(shape_files(per_class, seed=per_class)))
+    images = len(layout.train) + len(layout.val or [])
+    config = FinetuneConfig.resolve(image_size=image_size, seed=3, device="cpu")
+    started = time.perf_counter()
+    fine_tune(dataset, config)
+    seconds = time.perf_counter() - started
+    work = estimates.finetune_passes(images, image_size, config.strategy, config.epochs)
+    return {
+        "kind": "fine_tune",
+        "image_size": image_size,
+        "images": images,
+        "work": work,
+        "seconds": round(seconds, 3),
+    }
+
+
+def leave_one_out(jobs: list[dict[str, Any]]) -> None:
+    """Each job's prediction from the line fit on the other jobs of its kind."""
+    for job in jobs:
+        others = [
+            (o["work"], o["seconds"]) for o in jobs if o is not job and o["kind"] == job["kind"]
+        ]
+        line = estimates.least_squares(others)
+        predicted = line.seconds(job["work"]) if line else None
+        job["predicted_loo"] = None if predicted is None else round(predicted, 3)
+        default = estimates.DEFAULT_LINES[(job["kind"], "cpu")].seconds(job["work"])
+        job["predicted_default"] = round(default, 3)
+        for key in ("loo", "default"):
+            guess = job[f"predicted_{key}"]
+            job[f"error_{key}"] = None if guess is None else round(guess / job["seconds"] - 1, 3)
+
+
+def share_within(jobs: list[dict[str, Any]], key: str) -> float:
+    errors = [job[f"error_{key}"] for job in jobs]
+    return sum(1 for e in errors if e is not None and abs(e) <= TOLERANCE) / len(jobs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller jobs (a smoke run)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    style_jobs = STYLE_JOBS[:4] if args.quick else STYLE_JOBS
+    finetune_jobs = FINETUNE_JOBS[:3] if args.quick else FINETUNE_JOBS
+    run_style(128, 2)  # warm-ups: weights decoded, kernels chosen, not measured
+    run_finetune(64, 5)
+    jobs = []
+    for size, iterations in style_jobs:
+        jobs.append(run_style(size, iterations))
+        print(jobs[-1], flush=True)
+    for image_size, per_class in finetune_jobs:
+        jobs.append(run_finetune(image_size, per_class))
+        print(jobs[-1], flush=True)
+    leave_one_out(jobs)
+    fitted = {}
+    for kind in ("style_transfer", "fine_tune"):
+        line = estimates.least_squares(
+            [(j["work"], j["seconds"]) for j in jobs if j["kind"] == kind]
+        )
+        fitted[kind] = None if line is None else {"intercept": line.intercept, "slope": line.slope}
+    result = {
+        "machine": {**machine(), "cores_used": os.cpu_count(), "shared": "yes, loaded by others"},
+        "tolerance": TOLERANCE,
+        "target_share": TARGET_SHARE,
+        "share_within_loo": round(share_within(jobs, "loo"), 3),
+        "share_within_default": round(share_within(jobs, "default"), 3),
+        "fit_on_all_jobs": fitted,
+        "jobs": jobs,
+    }
+    rows = [
+        [
+            j["kind"],
+            j.get("size") or j.get("image_size"),
+            round(j["work"]),
+            j["seconds"],
+            j["predicted_loo"],
+            j["error_loo"],
+            j["predicted_default"],
+        ]
+        for j in jobs
+    ]
+    print(table(rows, ["kind", "size", "work", "seconds", "loo", "loo err", "default"]))
+    print(
+        f"within ±{TOLERANCE:.0%}: leave-one-out {result['share_within_loo']:.0%}, "
+        f"built-in defaults {result['share_within_default']:.0%} (target {TARGET_SHARE:.0%})"
+    )
+    print("written to", write_result("estimate_accuracy", result, args.out))
+
+
+if __name__ == "__main__":
+    main()
