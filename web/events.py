@@ -292,7 +292,11 @@ class Stream:
         self.last_id = current_sequence(self.settings, self.job_id)
         read = read_state(self.settings, self.job_id, self.owner) or self.first
         if self.resume_from is not None and self.resume_from == self.last_id > 0:
-            self.sent = fingerprint(read)  # the client saw this state: nothing to resend
+            if current_sequence(self.settings, self.job_id) == self.last_id:
+                self.sent = fingerprint(read)  # the client saw this state: nothing to resend
+            # else an event came between the two reads, so the row may already be newer
+            # than what the client saw: leave it unsent; that event (it is on its way to
+            # this subscription) or the next re-read sends it with its own, newer id
         else:
             yield self._status(read, self.last_id)
         if read.job.status in TERMINAL:
