@@ -70,15 +70,8 @@ def start_gunicorn(target: str, env: dict[str, str], log: Path) -> tuple[object,
     command[command.index("web.wsgi:app")] = target
     proc = harness.start(command, env, log)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{base}/healthz", timeout=5)
-            return proc, base
-        except requests.RequestException:
-            time.sleep(0.2)
-    harness.stop(proc)
-    raise RuntimeError(f"gunicorn ({target}) did not answer:\n{log.read_text()[-2000:]}")
+    harness.wait_answering(proc, f"{base}/healthz", f"gunicorn ({target})")
+    return proc, base
 
 
 def seed(settings, count: int, auth: str) -> tuple[list[str], dict[str, str]]:

@@ -45,15 +45,8 @@ def start_web(settings, threads: int, streams: int, log: Path) -> tuple[object, 
     env = {**harness.settings_env(settings), "ATELIER_MAX_STREAMS": str(streams)}
     proc = harness.start(command, env, log)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{base}/healthz", timeout=5)
-            return proc, base
-        except requests.RequestException:
-            time.sleep(0.2)
-    harness.stop(proc)
-    raise RuntimeError(f"gunicorn did not answer:\n{log.read_text()[-2000:]}")
+    harness.wait_answering(proc, f"{base}/healthz", "gunicorn")
+    return proc, base
 
 
 def running_jobs(settings, count: int) -> list:

@@ -166,6 +166,22 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
     return proc
 
 
+def wait_answering(proc: subprocess.Popen, url: str, label: str, timeout: float = 60) -> None:
+    """Return once ``url`` answers at all; stop ``proc`` and raise with its log's tail if
+    it does not within ``timeout`` seconds (a server that failed to start)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=5)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError(f"{label} did not answer:\n{proc.log_path.read_text()[-2000:]}")
+
+
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
