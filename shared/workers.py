@@ -7,14 +7,23 @@ sets ``atelier:worker:<hostname>`` every :data:`BEAT_SECONDS`, with a time to li
 (killed, machine gone) stops refreshing it and Redis drops it by itself. Counting is one
 ``SCAN`` over those keys. Redis's own clock decides expiry, so workers on other machines
 need no synchronised clocks.
+
+The key's value is the node's :class:`Offer`: which queues it consumes and which device
+class it runs jobs on, so a dry run can say whether any live worker would take a job and
+on what (web/dry_run.py). The node's main process never imports torch, so ``device`` is
+what the node was told (``ATELIER_DEVICE``: ``atelier worker --gpus`` sets ``cuda``), and
+``auto`` when the job decides (CUDA if the child process sees a GPU, else the CPU).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
@@ -40,13 +49,65 @@ def worker_key(hostname: str) -> str:
     return f"{KEY_PREFIX}{hostname}"
 
 
-def publish(client: redis.Redis, hostname: str) -> None:
-    """One heartbeat: (re)set this node's key with its time to live."""
-    client.set(worker_key(hostname), f"{os.getpid()} {time.time():.0f}", ex=KEY_TTL_SECONDS)
+@dataclass(frozen=True)
+class Offer:
+    """What one live worker node serves: its queues and its device class."""
+
+    queues: tuple[str, ...] = ()
+    device: str = "auto"  # cpu, cuda, or auto (each job picks CUDA when it sees a GPU)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "pid": os.getpid(),
+                "at": round(time.time()),
+                "queues": list(self.queues),
+                "device": self.device,
+            }
+        )
+
+    @classmethod
+    def from_value(cls, value: bytes | str | None) -> Offer | None:
+        """The offer in a heartbeat's value; None for an unreadable one (a node of an older
+        release wrote ``"<pid> <time>"``: it counts as live but offers nothing known)."""
+        try:
+            data = json.loads(value or b"")
+            queues = tuple(str(q) for q in data["queues"])
+            return cls(queues, str(data["device"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def device_of(setting: str) -> str:
+    """The device class a node announces for its ``ATELIER_DEVICE`` value."""
+    name = setting.split(":", 1)[0].lower()
+    return name if name in ("cpu", "cuda") else "auto"
+
+
+def publish(client: redis.Redis, hostname: str, offer: Offer | None = None) -> None:
+    """One heartbeat: (re)set this node's key, holding its offer, with its time to live."""
+    client.set(worker_key(hostname), (offer or Offer()).to_json(), ex=KEY_TTL_SECONDS)
 
 
 def count_live(client: redis.Redis) -> int:
     """How many worker nodes have a live heartbeat key."""
+    return len(_live_keys(client))
+
+
+def live_offers(client: redis.Redis) -> list[Offer | None]:
+    """The offer of every live node (None where its value is unreadable); one SCAN and one
+    MGET. A key that expires between the two is left out."""
+    keys = sorted(_live_keys(client))
+    values = client.mget(keys) if keys else []
+    return [Offer.from_value(value) for value in values if value is not None]
+
+
+def serving(offers: Iterable[Offer | None], queue: str) -> list[Offer]:
+    """The offers that consume ``queue``."""
+    return [offer for offer in offers if offer is not None and queue in offer.queues]
+
+
+def _live_keys(client: redis.Redis) -> set[bytes]:
     found: set[bytes] = set()  # SCAN may return a key twice while the keyspace is rehashed
     cursor = 0
     for _ in range(SCAN_MAX_CALLS):
@@ -56,7 +117,7 @@ def count_live(client: redis.Redis) -> int:
             break
     else:
         log.warning("stopped counting workers after %d SCAN calls", SCAN_MAX_CALLS)
-    return len(found)
+    return found
 
 
 class Beacon:
@@ -66,9 +127,16 @@ class Beacon:
     children that run jobs, so a long job does not delay it.
     """
 
-    def __init__(self, client: redis.Redis, hostname: str, interval: float = BEAT_SECONDS):
+    def __init__(
+        self,
+        client: redis.Redis,
+        hostname: str,
+        interval: float = BEAT_SECONDS,
+        offer: Offer | None = None,
+    ):
         self.client = client
         self.hostname = hostname
+        self.offer = offer or Offer()
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-heartbeat", daemon=True)
@@ -81,7 +149,7 @@ class Beacon:
 
     def _beat(self) -> None:
         try:
-            publish(self.client, self.hostname)
+            publish(self.client, self.hostname, self.offer)
         except redis.RedisError as exc:  # Redis is down: the next beat tries again
             log.warning("worker heartbeat failed: %s", exc)
 

@@ -38,7 +38,7 @@ from shared.models import Job, JobFile
 from shared.settings import Settings
 from shared.states import QUEUED, SUCCEEDED
 from shared.storage import open_storage
-from shared.workers import count_live, redis_client
+from shared.workers import live_offers, redis_client, serving
 from web import db
 
 if TYPE_CHECKING:  # web.submit imports this module
@@ -80,13 +80,13 @@ def answer(checked: Checked) -> Response:
             "peak_bytes": peak_bytes(spec.name, params, work, device),
             "fit_on_jobs": line.jobs,
         }
-    workers = _workers(settings)
+    workers = _workers(settings, spec.queue)
     body = {
         "valid": True,
         "kind": spec.name,
         "params": params,
         "estimate": estimate,
-        "runnable": bool(workers["connected"]),
+        "runnable": bool(workers["serving_queue"]),
         "workers": workers,
         "queue_position": queue_position(session, spec.queue),
         "basis": {
@@ -164,15 +164,21 @@ def queue_position(session: Session, queue: str) -> int:
     return int(ahead or 0) + 1
 
 
-def _workers(settings: Settings) -> dict[str, Any]:
-    """Live worker nodes (shared/workers.py heartbeats). Their heartbeat does not say which
-    device class they offer, so every class is estimated and ``device_classes`` is null."""
+def _workers(settings: Settings, queue: str) -> dict[str, Any]:
+    """Live worker nodes (shared/workers.py heartbeats): how many, how many consume the
+    job's queue, and the device classes those offer (``auto``: the job picks CUDA where
+    the node sees a GPU). Redis unreachable counts as none."""
     try:
-        connected = count_live(redis_client(settings.broker_url))
+        offers = live_offers(redis_client(settings.broker_url))
     except redis.RedisError as exc:
         log.warning("dry run could not count workers: %s", exc)
-        connected = 0
-    return {"connected": connected, "device_classes": None}
+        offers = []
+    takers = serving(offers, queue)
+    return {
+        "connected": len(offers),
+        "serving_queue": len(takers),
+        "device_classes": sorted({offer.device for offer in takers}),
+    }
 
 
 class _Model:

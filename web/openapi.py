@@ -186,11 +186,23 @@ DRY_RUN_SCHEMA = _object(
             "additionalProperties": _DEVICE_ESTIMATE,
             "description": "per device class (cpu, cuda)",
         },
-        "runnable": {"type": "boolean", "description": "a worker is connected"},
+        "runnable": {
+            "type": "boolean",
+            "description": "a live worker consumes the job's queue",
+        },
         "workers": _object(
             {
-                "connected": {"type": "integer"},
-                "device_classes": {"type": ["array", "null"], "items": {"type": "string"}},
+                "connected": {"type": "integer", "description": "live worker nodes"},
+                "serving_queue": {
+                    "type": "integer",
+                    "description": "live worker nodes that consume the job's queue",
+                },
+                "device_classes": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string", "enum": ["cpu", "cuda", "auto"]},
+                    "description": "what those nodes run jobs on (auto: CUDA where the "
+                    "node sees a GPU, else the CPU)",
+                },
             },
             ["connected"],
         ),

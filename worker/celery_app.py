@@ -23,7 +23,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown, w
 from shared.kinds import load_modules
 from shared.queue import celery_config
 from shared.settings import get_settings
-from shared.workers import Beacon, redis_client
+from shared.workers import Beacon, Offer, device_of, redis_client
 from worker.progress import HANDBACK_GRACE, request_drain
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,11 @@ def _start_heartbeat(sender, **_kwargs) -> None:
     ``worker_ready`` fires in the node's main process before it answers anything, so a
     node that answers a ping has already published its first beat.
     """
-    client = redis_client(get_settings().broker_url)
-    _beacons.append(Beacon(client, sender.hostname).start())
+    settings = get_settings()
+    queues = tuple(sorted(sender.app.amqp.queues.consume_from or ()))
+    offer = Offer(queues, device_of(settings.device))
+    client = redis_client(settings.broker_url)
+    _beacons.append(Beacon(client, sender.hostname, offer=offer).start())
 
 
 @worker_shutdown.connect

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 import requests
 
+from shared import fairness
 from shared.errors import InputError
 from shared.kinds import KINDS, FileField, KindSpec, Param, load_modules
 from shared.kinds.spec import number_text  # the server's way to write bounds
@@ -303,6 +304,8 @@ def _submission(args: argparse.Namespace) -> tuple[str, dict[str, str], list[tup
                 typed[key] = spec.param(key).parse(value)
             except InputError as exc:
                 raise _usage(exc) from None
+    if getattr(args, "priority", None) is not None:
+        fields["priority"] = str(args.priority)
     files: list[tuple[str, Path]] = []
     for upload in spec.files:
         given = getattr(args, _dest(upload.name), None) or []
@@ -445,6 +448,14 @@ def _submit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, help="with --wait: save the outputs here")
     parser.add_argument("--idempotency-key", help="resubmitting with the same key is a no-op")
     parser.add_argument(
+        "--priority",
+        type=int,
+        choices=range(fairness.PRIORITY_MIN, fairness.PRIORITY_MAX + 1),
+        metavar=f"{fairness.PRIORITY_MIN}-{fairness.PRIORITY_MAX}",
+        help=f"higher runs first (default {fairness.DEFAULT_PRIORITY}; above "
+        f"{fairness.USER_PRIORITY_MAX} needs an admin token)",
+    )
+    parser.add_argument(
         "--param", action="append", metavar="KEY=VALUE", help="any other form field (repeatable)"
     )
 
@@ -454,7 +465,9 @@ ALIASES = {"style_transfer": ("style",), "fine_tune": ("finetune",)}
 # Positional metavars other than the field's name in capitals.
 METAVARS = {("fine_tune", "dataset"): "ARCHIVE"}
 # Options of every submit subcommand: a kind's field of the same name is sent with --param.
-CLIENT_OPTIONS = frozenset({"help", "json", "url", "wait", "output", "idempotency_key", "param"})
+CLIENT_OPTIONS = frozenset(
+    {"help", "json", "url", "wait", "output", "idempotency_key", "priority", "param"}
+)
 
 
 def _dest(name: str) -> str:

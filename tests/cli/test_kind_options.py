@@ -272,3 +272,16 @@ def test_an_optional_single_file_is_an_option_after_the_list(atelier, sent, tmp_
     assert sent[0]["fields"] == {"mask_styles": "black:0,white:keep"}
     rc, _, err = atelier("submit", "style", content, style, "--mask", mask)
     assert rc == 2 and "mask" in err and len(sent) == 1  # the kind's check, before sending
+
+
+def test_priority_is_an_option_of_every_submit_within_the_servers_bounds(atelier, sent, tmp_path):
+    content, style = tmp_path / "photo.png", tmp_path / "a.png"
+    for path in (content, style):
+        path.write_bytes(b"sent as is")
+    rc, _, _ = atelier("submit", "style", content, style, "--priority", "7")
+    assert rc == 0 and sent[-1]["fields"] == {"priority": "7"}
+    rc, _, _ = atelier("submit", "style", content, style)
+    assert rc == 0 and "priority" not in sent[-1]["fields"]  # the server's default applies
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["submit", "style", "a.png", "b.png", "--priority", "10"])
+    assert refused.value.code == 2

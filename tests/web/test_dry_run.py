@@ -195,3 +195,45 @@ def test_the_form_post_is_never_a_dry_run(client, settings):
     assert response.status_code == 303
     with session_scope(settings.database_url) as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_runnable_means_a_live_worker_consumes_the_jobs_queue(client, settings):
+    """Heartbeats carry each node's queues and device class (shared/workers.py); a node
+    that consumes only the CPU queue cannot run a style job (GPU queue)."""
+    from shared.queue import CPU_QUEUE, GPU_QUEUE
+    from shared.workers import Beacon, Offer
+
+    beacons = redis.Redis.from_url(settings.broker_url)
+
+    def workers() -> tuple[bool, dict]:
+        form = style_form(tiny_png(96, 64), size="64")  # a form's files are read once
+        body = client.post(DRY, data=form, content_type="multipart/form-data").get_json()
+        return body["runnable"], body["workers"]
+
+    cpu_only = Beacon(beacons, "cpu-node@test", offer=Offer((CPU_QUEUE,), "cpu")).start()
+    try:
+        assert workers() == (False, {"connected": 1, "serving_queue": 0, "device_classes": []})
+        gpu = Beacon(beacons, "gpu-node@test", offer=Offer((GPU_QUEUE, CPU_QUEUE), "cuda"))
+        gpu.start()
+        try:
+            runnable, found = workers()
+            assert runnable is True
+            assert found == {"connected": 2, "serving_queue": 1, "device_classes": ["cuda"]}
+        finally:
+            gpu.stop()
+    finally:
+        cpu_only.stop()
+    assert workers() == (False, {"connected": 0, "serving_queue": 0, "device_classes": []})
+
+
+def test_a_heartbeat_of_an_older_release_counts_but_offers_nothing(client, settings):
+    from shared.workers import KEY_TTL_SECONDS, worker_key
+
+    beacons = redis.Redis.from_url(settings.broker_url)
+    beacons.set(worker_key("old@test"), "1234 1700000000", ex=KEY_TTL_SECONDS)
+    try:
+        form = style_form(tiny_png(96, 64), size="64")
+        body = client.post(DRY, data=form, content_type="multipart/form-data").get_json()
+        assert body["runnable"] is False and body["workers"]["connected"] == 1
+    finally:
+        beacons.delete(worker_key("old@test"))

@@ -27,7 +27,7 @@ from shared.jobs import StoredFile, add_file, add_job, new_job_id
 from shared.models import Job
 from shared.timeutil import utcnow
 from shared.tokens import create_token
-from shared.workers import KEY_TTL_SECONDS, Beacon, count_live, worker_key
+from shared.workers import KEY_TTL_SECONDS, Beacon, Offer, count_live, device_of, worker_key
 from tests.conftest import style_form, wait_for
 from web import create_app
 from web.serializers import job_to_dict
@@ -288,7 +288,10 @@ def test_healthz_counts_a_real_worker_until_it_is_killed(settings, start_worker)
 
     assert workers() == 0
     worker = start_worker()
-    assert redis.Redis.from_url(settings.redis_url).exists(worker_key(worker.hostname))
+    beat = redis.Redis.from_url(settings.redis_url).get(worker_key(worker.hostname))
+    offer = Offer.from_value(beat)  # the node announces what it consumes and runs on
+    assert offer is not None and set(offer.queues) == {"gpu", "cpu"}  # the fixture's queues
+    assert offer.device == device_of(settings.device)
     assert wait_for(lambda: workers() == 1, timeout=10)
     worker.stop(signal.SIGKILL)  # no shutdown handler runs: the key must expire by itself
     assert wait_for(lambda: workers() == 0, timeout=KEY_TTL_SECONDS + 20)
