@@ -274,6 +274,9 @@ class Stream:
         self.resume_from = resume_from
         self.job_id = first.job.id
         self.sent: tuple[Any, ...] | None = None
+        # a resume assumed the client saw the row it read: the next status event is sent
+        # whatever the row says, in case the row was newer than what the client saw
+        self.assumed = False
         self.last_id = 0
         self.pending: events.Event | None = None
         self.last_progress = float("-inf")
@@ -293,7 +296,11 @@ class Stream:
         read = read_state(self.settings, self.job_id, self.owner) or self.first
         if self.resume_from is not None and self.resume_from == self.last_id > 0:
             if current_sequence(self.settings, self.job_id) == self.last_id:
-                self.sent = fingerprint(read)  # the client saw this state: nothing to resend
+                # the client saw the state of event N: most likely this row, so nothing is
+                # resent now. A writer may have committed a newer row and not yet
+                # published its event (commit, then publish): that event comes next, and
+                # the first status event after a resume is sent even when it finds this row
+                self.sent, self.assumed = fingerprint(read), True
             # else an event came between the two reads, so the row may already be newer
             # than what the client saw: leave it unsent; that event (it is on its way to
             # this subscription) or the next re-read sends it with its own, newer id
@@ -335,7 +342,7 @@ class Stream:
         return chunk
 
     def _status(self, read: JobRead, event_id: int | None) -> str:
-        self.sent = fingerprint(read)
+        self.sent, self.assumed = fingerprint(read), False
         if read.job.status in TERMINAL:
             self.ended = read.job.status
             self.pending = None  # no progress after the end
@@ -358,7 +365,7 @@ class Stream:
         if read is None:
             self.ended = "deleted"
             return None
-        if fingerprint(read) == self.sent:  # a re-read sent this state: only the id moves
+        if fingerprint(read) == self.sent and not self.assumed:  # sent: only the id moves
             self.last_id = event.seq  # (an event without data sets EventSource's lastEventId)
             return self._wrote(f"id: {event.seq}\n\n")
         return self._status(read, event.seq)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -210,6 +211,33 @@ def test_resume_with_last_event_id_sends_only_what_is_new(app, client, settings,
     assert response.status_code == 204  # ended and seen: EventSource stops reconnecting
     fresh = open_stream(job_id)  # without the id the final state comes again
     assert [e["event"] for e in [fresh.next(), fresh.next()]] == ["status", "end"]
+
+
+def test_a_resume_that_reads_a_row_committed_but_not_yet_announced_sends_it(
+    app, settings, open_stream
+):
+    """A writer commits, then publishes. A resume that reads the sequence, then the newer
+    row, then the same sequence again (the event not yet published) cannot tell that the
+    client never saw that row; the event that follows must still bring it."""
+    job_id = make_job(settings, status="queued")
+    stream = open_stream(job_id)
+    stream.next()
+    _hub_connected(app)
+    fence = _claim(settings, job_id)
+    while stream.until("status")[-1]["data"]["status"] != "starting":
+        pass
+    last_id = wait_for(lambda: stream.last_id, timeout=15)
+
+    with session_scope(settings.database_url) as session:  # committed, not yet announced
+        assert states.transition(session, job_id, states.PROCESSING, fence=fence)
+    again = open_stream(job_id, **{"Last-Event-ID": last_id})
+    time.sleep(1.0)  # the resumed stream has read the sequence and the row by now
+    events.notify(settings, job_id, events.STATUS)  # the writer's publish, late
+    event = again.next()
+    assert event["event"] == "status" and event["data"]["status"] == "processing"
+    assert int(event["id"]) > int(last_id)
+    _end(settings, fence, states.CANCELED)
+    again.until("end")
 
 
 def test_stream_errors_name_what_is_wrong(app, client, settings, open_stream):
