@@ -16,7 +16,12 @@ the Host check, auth, the database read, the queue position and the serialisatio
 
 The job read is a queued one three quarters down ``--seed-jobs`` queued jobs, with two
 input files, so its ``queue_position`` is counted (the dearer case). SQLite is the
-default because it is ``atelier web``'s default database.
+default because it is ``atelier web``'s default database. On PostgreSQL the seeded table
+is analysed before the runs, as autovacuum analyses a table that grew like this within
+its first minute: otherwise the plan (and the database's CPU per read, about half as
+much again before) would depend on whether autovacuum came by during the runs. The
+machine's load average is recorded at the start and end of the runs and with each run:
+the machine may be shared, and the numbers mean little without it.
 
     python benchmarks/api_get_vs_bare.py [--db sqlite|postgresql] [--auth off|token]
 """
@@ -101,7 +106,15 @@ def seed(settings, count: int, auth: str) -> tuple[list[str], dict[str, str]]:
         if auth == "token":
             _, token = create_token(session, "local", "user")
             headers["Authorization"] = f"Bearer {token}"
+        if session.get_bind().dialect.name == "postgresql":
+            session.commit()
+            session.connection().exec_driver_sql("ANALYZE jobs")
+            session.connection().exec_driver_sql("ANALYZE job_files")
     return ids, headers
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def server_cpu(proc) -> float:
@@ -125,6 +138,7 @@ def measure(load, proc, url: str, seconds: float, connections: int, headers: dic
     before = server_cpu(proc)
     result = load(url, seconds, connections, headers)
     used = server_cpu(proc) - before
+    result["load_average"] = load_average()
     requests_done = result["requests_per_s"] * seconds
     result["server_cpu_ms_per_request"] = round(1000 * used / max(requests_done, 1), 3)
     return result
@@ -259,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     load = run_wrk if shutil.which("wrk") else run_threads
+    load_at_start = load_average()
 
     with harness.environment(args.db, device="cpu", auth=args.auth) as settings:
         ids, headers = seed(settings, args.seed_jobs, args.auth)
@@ -286,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         **summary(rounds),
         "poll_real": polled,
+        "load_average_1_5_15": {"start": load_at_start, "end": load_average()},
         "target": {"ratio": 0.5, "poll p99_ms": 50},
     }
     out = harness.write_result("api_get_vs_bare", result, args.out)

@@ -39,8 +39,9 @@ MIN_FIT_JOBS = 4  # fewer finished jobs than this: the built-in coefficients ans
 
 @dataclass(frozen=True)
 class PresetSteps:
-    """A style preset's step budget (mirrors worker/engines/params.py ``PRESETS``; a test
-    checks that they agree)."""
+    """A style preset's step budget: the one place its numbers are written. The engine's
+    presets (worker/engines/params.py ``PRESETS``) are built from these, so the dry run's
+    plan and the engine's are the same plan."""
 
     final_steps: int
     growth: float

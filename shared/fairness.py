@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Integer,
+    Label,
     Select,
     case,
     delete,
@@ -137,7 +138,7 @@ def pick_next(session: Session, queue: str) -> str | None:
 # (one statement per read: a job page polls it every second). Written as SQL because it
 # nests correlated subqueries three levels deep, which both SQLite and PostgreSQL run
 # as written; ``me`` is the job's own numbers, ``g`` one row per other owner waiting at
-# the same priority.
+# the same priority. Two parts have a second spelling for SQLite (position_column).
 _POSITION_SQL = """CASE WHEN jobs.status = 'queued' THEN (
   SELECT CAST(1 + me.higher + me.rounds + coalesce((
     SELECT sum(CASE WHEN g.waiting < me.rounds + g.turn_first
@@ -150,15 +151,7 @@ _POSITION_SQL = """CASE WHEN jobs.status = 'queued' THEN (
                         AND (o.first_at < me.first_at
                              OR (o.first_at = me.first_at AND o.owner < jobs.owner)))
                   THEN 1 ELSE 0 END AS turn_first
-      FROM (
-        SELECT x.owner AS owner, count(*) AS waiting, min(x.created_at) AS first_at,
-               (SELECT max(s.started_at) FROM jobs AS s
-                WHERE s.owner = x.owner AND s.queue = jobs.queue) AS served
-        FROM jobs AS x
-        WHERE x.status = 'queued' AND x.queue = jobs.queue
-          AND x.priority = jobs.priority AND x.owner <> jobs.owner
-        GROUP BY x.owner
-      ) AS o
+      FROM ({others}) AS o
     ) AS g
   ), 0) AS INTEGER)
   FROM (
@@ -166,11 +159,7 @@ _POSITION_SQL = """CASE WHEN jobs.status = 'queued' THEN (
       (SELECT count(*) FROM jobs AS h
        WHERE h.status = 'queued' AND h.queue = jobs.queue
          AND h.priority > jobs.priority) AS higher,
-      (SELECT count(*) FROM jobs AS m
-       WHERE m.status = 'queued' AND m.queue = jobs.queue
-         AND m.priority = jobs.priority AND m.owner = jobs.owner
-         AND (m.created_at < jobs.created_at
-              OR (m.created_at = jobs.created_at AND m.id < jobs.id))) AS rounds,
+      {rounds} AS rounds,
       (SELECT max(s.started_at) FROM jobs AS s
        WHERE s.owner = jobs.owner AND s.queue = jobs.queue) AS served,
       (SELECT min(m.created_at) FROM jobs AS m
@@ -186,7 +175,51 @@ _POSITION_SQL = """CASE WHEN jobs.status = 'queued' THEN (
 # first, then whose oldest job is older). The job is in round r (r: its owner's jobs
 # queued before it), so ahead of it are those r jobs and, of every other owner, the
 # first r jobs, plus one more when that owner's turn comes first.
-POSITION = literal_column(_POSITION_SQL, Integer()).label("queue_position")
+_OWNERS_WAITING = """
+        SELECT x.owner AS owner, count(*) AS waiting, min(x.created_at) AS first_at,
+               (SELECT max(s.started_at) FROM jobs AS s
+                WHERE s.owner = x.owner AND s.queue = jobs.queue) AS served
+        FROM jobs AS x
+        WHERE x.status = 'queued' AND x.queue = jobs.queue
+          AND x.priority = jobs.priority AND x.owner {other} jobs.owner
+        GROUP BY x.owner"""
+_EARLIER = """(SELECT count(*) FROM jobs AS m
+       WHERE m.status = 'queued' AND m.queue = jobs.queue
+         AND m.priority = jobs.priority AND m.owner = jobs.owner
+         AND {earlier})"""
+_SPELLINGS = {
+    # one condition each: the plan PostgreSQL runs cheapest
+    "": {
+        "others": _OWNERS_WAITING.format(other="<>"),
+        "rounds": _EARLIER.format(
+            earlier="(m.created_at < jobs.created_at "
+            "OR (m.created_at = jobs.created_at AND m.id < jobs.id))"
+        ),
+    },
+    # SQLite reads a range of ix_jobs_fair_order only for a condition on its next column
+    # (not <>, not an OR): so the other owners as the two ranges either side of this one,
+    # the earlier jobs as older, plus as old with a smaller id. The job read's query took
+    # 20 instead of 51 us (the 150th of 200 queued jobs): the owner's whole queue was
+    # read twice before. On PostgreSQL these spellings cost more than they save.
+    "sqlite": {
+        "others": _OWNERS_WAITING.format(other="<")
+        + "\n        UNION ALL"
+        + _OWNERS_WAITING.format(other=">"),
+        "rounds": _EARLIER.format(earlier="m.created_at < jobs.created_at")
+        + "\n      + "
+        + _EARLIER.format(earlier="m.created_at = jobs.created_at AND m.id < jobs.id"),
+    },
+}
+
+
+def position_column(dialect: str = "") -> Label[Any]:
+    """The position as a column of a statement on ``jobs``, spelt for ``dialect``'s planner
+    (the same numbers on every database)."""
+    spelling = _SPELLINGS.get(dialect, _SPELLINGS[""])
+    return literal_column(_POSITION_SQL.format(**spelling), Integer()).label("queue_position")
+
+
+POSITION = position_column()
 
 
 def position_of(job_id: Any) -> Select[Any]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    exc,
     exists,
     func,
     or_,
@@ -25,9 +26,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared import fairness
+from shared.db import get_read_engine
 from shared.models import Job, JobFile, QueuePause
 from shared.queue import queue_for
 from shared.states import QUEUED, Fence, fenced_update
@@ -142,11 +144,24 @@ def list_jobs(
     kind: str | None = None,
     limit: int = 20,
     cursor: str | None = None,
+    parent: str | None = None,
+    top_level: bool = False,
 ) -> tuple[list[Job], str | None]:
-    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat."""
+    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat.
+
+    ``parent``: only that sweep's children; ``top_level``: no child whose sweep is still
+    there (the gallery shows a sweep as one entry).
+    """
     query = select(Job)
     if owner is not None:
         query = query.where(Job.owner == owner)
+    if parent:
+        query = query.where(Job.parent_id == parent)
+    if top_level:
+        sweep = aliased(Job)
+        query = query.where(
+            or_(Job.parent_id.is_(None), ~exists().where(sweep.id == Job.parent_id))
+        )
     if status:
         query = query.where(Job.status == status)
     if kind:
@@ -165,10 +180,10 @@ def list_jobs(
 
 _JOBS = Job.__table__
 _FILES = JobFile.__table__
-# Built once at import: building a statement costs more CPU than running it on a small
-# indexed read, and every poll of a job page runs it. The position is the job's place in
-# its queue's fair order (shared/fairness.py).
-_POSITION = fairness.POSITION
+# The read statement is built once per dialect (_read_statement): building a statement
+# costs more CPU than running it on a small indexed read, and every poll of a job page
+# runs it. The position is the job's place in its queue's fair order, spelt for each
+# database's planner (shared/fairness.py).
 
 
 def _files_as_json(dialect: str) -> Label[Any]:
@@ -195,6 +210,7 @@ ANSWER_COLUMNS = (
     "owner",
     "status",
     "params",
+    "priority",
     "progress_current",
     "progress_total",
     "progress_stage",
@@ -211,13 +227,15 @@ ANSWER_COLUMNS = (
     "started_at",
     "finished_at",
     "cancel_requested_at",
+    "parent_id",
 )
 
 
 @lru_cache(maxsize=4)
 def _read_statement(dialect: str) -> Select[Any]:
     columns = [_JOBS.c[name] for name in ANSWER_COLUMNS]
-    return select(*columns, _POSITION, _files_as_json(dialect)).where(
+    position = fairness.position_column(dialect)
+    return select(*columns, position, _files_as_json(dialect)).where(
         _JOBS.c.id == bindparam("job_id")
     )
 
@@ -259,14 +277,64 @@ def read_job(connection: Connection, job_id: str, owner: str | None) -> JobRead 
     """
     if not is_job_id(job_id):
         return None
-    if connection.dialect.name == "postgresql" and not connection.in_transaction():
-        # one statement sees one snapshot anyway; without a transaction psycopg sends no
-        # BEGIN and the pool's ROLLBACK on return costs nothing: two round trips fewer
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        row = _read_row_psycopg(connection, job_id)
+    if not connection.in_transaction():
+        # on the driver's cursor (_read_row_driver); one statement sees one snapshot
+        # anyway, and without a transaction psycopg sends no BEGIN and the pool's
+        # ROLLBACK on return costs nothing: two round trips fewer
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+        row = _read_row_driver(connection.connection.driver_connection, connection.dialect, job_id)
     else:
         statement = _read_statement(connection.dialect.name)
         row = connection.execute(statement, {"job_id": job_id}).first()
+    return _answer(row, owner)
+
+
+def read_job_pooled(database_url: str, job_id: str, owner: str | None) -> JobRead | None:
+    """:func:`read_job` on a pooled connection of its own, outside any transaction.
+
+    What each poll of a job page runs. No SQLAlchemy ``Connection`` is built: its
+    construction, the isolation level it set and reset on PostgreSQL, and its close cost
+    about as much CPU as the query. The connection comes from the read engine
+    (:func:`shared.db.get_read_engine`), whose pool still hands it out, pings it and
+    takes it back. A driver error (no database, a lost connection) is raised as
+    SQLAlchemy's, as through a ``Connection``, and a lost connection leaves the pool.
+    """
+    if not is_job_id(job_id):
+        return None
+    engine = get_read_engine(database_url)
+    dialect = engine.dialect
+    pooled = None
+    try:
+        pooled = engine.raw_connection()
+        cursor = _kept_cursor(pooled) if dialect.name == "postgresql" else None
+        row = _read_row_driver(pooled.driver_connection, dialect, job_id, cursor)
+    except dialect.loaded_dbapi.Error as error:
+        if pooled is not None and dialect.is_disconnect(error, pooled.dbapi_connection, None):
+            pooled.invalidate(error)
+        raise exc.DBAPIError.instance(
+            None, None, error, dialect.loaded_dbapi.Error, dialect=dialect
+        ) from error
+    finally:
+        if pooled is not None:
+            pooled.close()
+    return _answer(row, owner)
+
+
+def _kept_cursor(pooled: Any) -> Any:
+    """A psycopg cursor kept with its pooled connection for these reads: making one per
+    read was a quarter of psycopg's CPU for it. psycopg fetches the whole result at
+    once, so a kept cursor holds nothing on the server between reads (an SQLite one
+    would hold its read snapshot, so SQLite gets a new cursor each time)."""
+    driver = pooled.driver_connection
+    kept = pooled.info.get("atelier_read_cursor")
+    if kept is None or kept[0] is not driver:  # first use, or the connection was replaced
+        kept = pooled.info["atelier_read_cursor"] = (driver, driver.cursor())
+    return kept[1]
+
+
+def _answer(row: Row[Any] | _ReadRow | None, owner: str | None) -> JobRead | None:
+    """The :class:`JobRead` of a read row, or None when there is none or not ``owner``'s."""
     if row is None or (owner is not None and row.owner != owner):
         return None
     files = row.files_json
@@ -281,30 +349,59 @@ _READ_TIMES = tuple(i for i, name in enumerate(ANSWER_COLUMNS) if name.endswith(
 
 
 @lru_cache(maxsize=4)
-def _compiled_read(dialect: Any) -> tuple[str, dict[str, Any]]:
-    """The read statement as the driver's SQL text and its fixed parameters."""
+def _compiled_read(dialect: Any) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    """The read statement as the driver's SQL text, the order of its parameters (None:
+    by name) and its fixed parameters."""
     compiled = _read_statement(dialect.name).compile(dialect=dialect)
-    return str(compiled), {k: v for k, v in compiled.params.items() if k != "job_id"}
+    order = tuple(compiled.positiontup) if compiled.positional else None
+    return str(compiled), order, {k: v for k, v in compiled.params.items() if k != "job_id"}
 
 
-def _read_row_psycopg(connection: Connection, job_id: str) -> _ReadRow | None:
-    """The read statement on psycopg's own cursor, outside a transaction.
+@lru_cache(maxsize=4)
+def _sqlite_decoders(dialect: Any) -> tuple[tuple[int, Any], ...]:
+    """(column index, SQLAlchemy's own result processor) for each column whose type turns
+    SQLite's value into another (JSON text into lists and dicts, text into aware times)."""
+    columns = _read_statement(dialect.name).selected_columns
+    found = (
+        (i, c.type.dialect_impl(dialect).result_processor(dialect, None))
+        for i, c in enumerate(columns)
+    )
+    return tuple((i, process) for i, process in found if process is not None)
+
+
+def _read_row_driver(driver: Any, dialect: Any, job_id: str, cursor: Any = None) -> _ReadRow | None:
+    """The read statement on the driver's own cursor (psycopg or sqlite3): ``cursor``,
+    or a new one closed afterwards.
 
     The same SQL and the same values as through SQLAlchemy's result machinery, which on
     this hottest read (every open job page, every second) cost more CPU than the query:
     describing 23 columns and wrapping the row took about a third of a request. psycopg
-    already decodes the JSON columns; the times are made aware UTC as UTCDateTime does.
+    already decodes the JSON columns, and its times are made aware UTC as UTCDateTime
+    does; SQLite's values go through the column types' own result processors.
     """
-    sql, fixed = _compiled_read(connection.dialect)
-    with connection.connection.driver_connection.cursor() as cursor:
-        cursor.execute(sql, {**fixed, "job_id": job_id})
+    sql, order, fixed = _compiled_read(dialect)
+    params: Any = {**fixed, "job_id": job_id}
+    if order is not None:
+        params = [params[name] for name in order]
+    kept = cursor is not None
+    cursor = cursor if kept else driver.cursor()
+    try:
+        cursor.execute(sql, params)
         values = cursor.fetchone()
+    finally:
+        if not kept:
+            cursor.close()
     if values is None:
         return None
     values = list(values)
-    for i in _READ_TIMES:
-        if values[i] is not None:
-            values[i] = values[i].replace(tzinfo=UTC)
+    if dialect.name == "sqlite":
+        for i, process in _sqlite_decoders(dialect):
+            if values[i] is not None:  # every processor leaves None as it is
+                values[i] = process(values[i])
+    else:
+        for i in _READ_TIMES:
+            if values[i] is not None:
+                values[i] = values[i].replace(tzinfo=UTC)
     return _ReadRow(*values)
 
 

@@ -94,6 +94,8 @@ class Job(Base):
     # recorded at submit so the claim and the queue position filter on one column
     priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
     queue: Mapped[str | None] = mapped_column(String(32))
+    # a sweep's child records its sweep (shared/kinds/sweep.py); NULL for every other job
+    parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     files: Mapped[list[JobFile]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobFile.id"

@@ -44,7 +44,8 @@ class Settings:
     # hands it back to the queue (not counted as an attempt); a second signal stops at once
     drain_seconds: int = 30
     # a style job saves its state this often inside a scale (and at every scale boundary),
-    # so a requeued job resumes instead of starting over; 0: after every step
+    # a full/gradual fine-tune at the first epoch end this long after its last save, so a
+    # requeued job resumes instead of starting over; 0: after every step / every epoch
     checkpoint_seconds: int = 30
     progress_interval: float = 1.0
     preview_interval: float = 3.0
@@ -52,6 +53,8 @@ class Settings:
     max_active_per_owner: int = 20
     submit_rate_per_minute: int = 60
     max_queued_total: int = 1000
+    # a sweep's child jobs (contents x styles x strengths x presets), at most 64 anywhere
+    max_sweep_children: int = 64
     # webhooks: HMAC secret, and whether loopback/private targets are allowed
     webhook_secret: str | None = None
     webhook_allow_private: bool = False
@@ -114,6 +117,8 @@ class Settings:
             raise ValueError("ATELIER_DRAIN_SECONDS must be 0 or more")
         if self.s3_downloads not in ("presigned", "proxy"):
             raise ValueError("ATELIER_S3_DOWNLOADS must be presigned or proxy")
+        if self.max_sweep_children < 1:
+            raise ValueError("ATELIER_MAX_SWEEP_CHILDREN must be at least 1")
         if self.max_aspect_ratio < 1:
             raise ValueError("ATELIER_MAX_ASPECT_RATIO must be at least 1")
         if not 0 <= self.checkpoint_seconds <= 3600:

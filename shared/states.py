@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobFile
@@ -34,6 +34,10 @@ CANCELED = "canceled"
 STATUSES = (QUEUED, STARTING, PROCESSING, SUCCEEDED, FAILED, CANCELED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 RUNNING = frozenset({STARTING, PROCESSING})
+# The queue of a job that waits for other jobs (a sweep waiting for its children): no
+# worker serves it and :func:`claim` refuses it, until the job is handed over to its
+# kind's queue (shared/kinds/sweep.py).
+WAITING_QUEUE = "waiting"
 
 # to-state -> the states it may be entered from
 ALLOWED_FROM: dict[str, frozenset[str]] = {
@@ -117,14 +121,15 @@ def transition(
     values: dict[str, Any] | None = None,
     fence: Fence | None = None,
     silent_since: datetime | None = None,
+    extra: tuple[ColumnElement[bool], ...] = (),
 ) -> bool:
     """Move ``job_id`` to ``to`` if it is in an allowed state; True when this call moved it.
 
     ``expect`` narrows the allowed from-states (e.g. only ``processing``); ``fence``
     makes it a worker's own transition, refused once the job was claimed again;
     ``silent_since`` (the reaper's) also needs the last heartbeat to be older than that,
-    so a worker that beat after the reaper looked keeps its job. The caller commits; the
-    UPDATE's row count is the compare-and-set result.
+    so a worker that beat after the reaper looked keeps its job; ``extra`` adds terms of
+    the caller's. The caller commits; the UPDATE's row count is the compare-and-set result.
     """
     if fence is not None and fence.job_id != job_id:
         raise ValueError(f"fence of job {fence.job_id} used for job {job_id}")
@@ -142,6 +147,7 @@ def transition(
     where = fenced(fence, allowed) if fence else (Job.id == job_id, Job.status.in_(sorted(allowed)))
     if silent_since is not None:
         where = (*where, Job.heartbeat_at < silent_since)
+    where = (*where, *extra)
     result = session.execute(
         update(Job).where(*where).values(**changes).execution_options(synchronize_session=False)
     )
@@ -161,6 +167,7 @@ def claim(session: Session, job_id: str, worker: str, now: datetime | None = Non
         job_id,
         STARTING,
         expect=QUEUED,
+        extra=(or_(Job.queue.is_(None), Job.queue != WAITING_QUEUE),),  # not while it waits
         values={
             "worker": worker,
             "attempts": Job.attempts + 1,

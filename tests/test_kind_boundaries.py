@@ -145,6 +145,8 @@ def paired(kind: str, name: str, value: str) -> dict[str, str]:
     form = {name: value}
     if kind == "predict" and name != "model":
         form["model"] = "0" * 32  # required; whether it exists is the submit's check
+    if kind == "sweep" and name not in ("strengths", "presets"):
+        form["strengths"] = "0.5"  # a sweep needs a list to sweep
     if name == "style_layer_weights":
         layers = KINDS[kind].param("style_layers").choices
         form["style_layers"] = ",".join(layers[: len(value.split(","))])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+from weakref import WeakSet
 
-from flask import Flask, Request
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask import Flask, Request, Response
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
 
 from shared.kinds import load_modules
 from shared.secrets import persistent_secret
@@ -16,17 +18,52 @@ class CookieSessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, without building the signer for a request that
     carries no session cookie: that is every API call and job-page poll, and building
     it was about a tenth of such a request's CPU. A new session is still signed when
-    it is saved."""
+    it is saved. A request without any cookie is not parsed for one, and a session
+    nobody touched is not saved (Flask's own save would only look up seven settings
+    and return)."""
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+        if app.secret_key and (
+            not request.environ.get("HTTP_COOKIE")
+            or self.get_cookie_name(app) not in request.cookies
+        ):
             return self.session_class()
         return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not session and not session.modified and not session.accessed:
+            return  # what Flask's save does for it: no cookie, no Vary
+        super().save_session(app, session, response)
+
+
+class Atelier(Flask):
+    """Flask, asking once per function whether a hook or view is ``async def``.
+
+    Flask asks ``inspect.iscoroutinefunction`` for every view, hook and teardown of
+    every request (eight for a job read), which was a twentieth of its CPU. Plain
+    functions are remembered weakly, so a per-request callback is not kept alive; an
+    ``async def`` one is left to Flask each time.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plain_functions: WeakSet[Callable[..., Any]] = WeakSet()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            if func in self._plain_functions:
+                return func
+        except TypeError:  # no weak reference to it: ask each time
+            return super().ensure_sync(func)
+        sync = super().ensure_sync(func)
+        if sync is func:
+            self._plain_functions.add(func)
+        return sync
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; ``test_config`` may carry ``ATELIER_SETTINGS`` (a Settings) and Flask keys."""
-    app = Flask(__name__)
+    app = Atelier(__name__)
     app.session_interface = CookieSessions()
     config = dict(test_config or {})
     settings: Settings = config.pop("ATELIER_SETTINGS", None) or load_settings()

@@ -10,10 +10,11 @@ from flask import Blueprint, abort, jsonify, redirect, request, send_file
 
 from shared import events as shared_events
 from shared import states
-from shared.db import get_engine
+from shared.checkpoints import delete_job_checkpoints
 from shared.errors import InputError
 from shared.housekeeping import active_predicts
-from shared.jobs import JobRead, file_key, get_job, list_jobs, read_job
+from shared.jobs import JobRead, file_key, get_job, list_jobs, mark_enqueued, read_job_pooled
+from shared.kinds import sweep as sweeps
 from shared.models import Job
 from shared.quotas import lock_owner
 from shared.storage import is_inline, open_storage
@@ -81,10 +82,10 @@ def publish_status(job_id: str) -> None:
 def get_job_view(job_id: str):
     """The job in one query on a pooled connection: each open job page polls this every second.
 
-    No ORM session: opening and closing one cost more CPU than the read itself.
+    No ORM session, nor a SQLAlchemy Connection: building and closing them cost more CPU
+    than the read itself (shared.jobs.read_job_pooled).
     """
-    with get_engine(db.settings().database_url).connect() as connection:
-        found = read_job(connection, job_id, owner_filter())
+    found = read_job_pooled(db.settings().database_url, job_id, owner_filter())
     if found is None:
         raise InputError(f"job {job_id} not found", status=404, code="not_found")
     return jsonify(read_to_dict(found))
@@ -108,17 +109,31 @@ def list_jobs_view():
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
+    """Cancel the job; a sweep's children with it (one transaction), and a sweep's last
+    child to end hands the sweep over to build its sheet (shared/kinds/sweep.py)."""
     job = _job_or_404(job_id)
     session = db.session()
     canceled_here = states.cancel_queued(session, job_id)  # only its winner notifies
     if not canceled_here:
         states.request_cancel(session, job_id)
+    children = sweeps.cancel_children(session, job_id)
+    parent = sweeps.after_end(session, job_id) if canceled_here else None
     session.commit()
-    publish_status(job_id)
+    for canceled in (job_id, *children):
+        publish_status(canceled)
+    for child_id in children:
+        queue.revoke(child_id)
+    if parent is not None and queue.enqueue(parent, sweeps.SPEC.name):
+        mark_enqueued(session, parent)
+        session.commit()
     if canceled_here:
         queue.revoke(job_id)
         if job.webhook_url:
             queue.notify(job_id, "completed")
+        if job.attempts:  # requeued after a lost worker: no attempt continues from them now
+            settings = db.settings()
+            storage = open_storage(settings.storage_url, settings)
+            delete_job_checkpoints(storage, job_id, job.attempts)
     session.refresh(job)
     return jsonify(job_to_dict(session, job))
 

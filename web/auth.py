@@ -23,6 +23,7 @@ from web import csrf, db
 from web.security import safe_redirect_target
 
 LOCAL_OWNER = "local"
+_LOCAL = Principal(LOCAL_OWNER)  # immutable: one for every request when auth is off
 bp = Blueprint("auth", __name__)
 PUBLIC_PREFIXES = (
     "/static/",
@@ -58,7 +59,7 @@ def _bearer() -> str | None:
 
 def _authenticate() -> object | None:
     if db.settings().auth == "off":
-        g.principal, g.auth_via = Principal(LOCAL_OWNER), "off"
+        g.principal, g.auth_via = _LOCAL, "off"
         return None
     token = _bearer()
     found = verify_token(db.session(), token) if token else None

@@ -222,6 +222,10 @@ def _job_schema() -> dict[str, Any]:
             "status": _enum(*STATUSES),
             "owner": {"type": "string"},
             "params": {"type": "object"},
+            "priority": {
+                **{k: v for k, v in PRIORITY_SCHEMA.items() if k != "default"},
+                "description": "as submitted: higher runs first, owners take turns within one",
+            },
             "inputs": {"type": "array", "items": {"$ref": REF + "File"}},
             "queue_position": {"type": ["integer", "null"]},
             "progress": {"$ref": REF + "Progress"},
@@ -237,6 +241,15 @@ def _job_schema() -> dict[str, Any]:
             "started_at": TIME,
             "finished_at": TIME,
             "cancel_requested_at": TIME,
+            "parent_id": {
+                "type": ["string", "null"],
+                "description": "a sweep's child: the id of its sweep",
+            },
+            "children": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "a sweep: its children's ids, in the contact sheet's grid order",
+            },
             "urls": _object(
                 {
                     "self": {"type": "string"},
@@ -291,6 +304,12 @@ def _list_parameters() -> list[dict[str, Any]]:
             "in": "query",
             "schema": _enum(*KINDS),
             "description": "only jobs of this kind; any other value is a 400",
+        },
+        {
+            "name": "parent",
+            "in": "query",
+            "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "description": "only the children of this sweep (a job id); any other value is a 400",
         },
         {
             "name": "limit",

@@ -84,7 +84,7 @@ def _form(kind: str, error: InputError | None = None, status: int = 200):
     session = db.session()
     owner = owner_filter()
     settings = db.settings()
-    recent, _ = list_jobs(session, owner=owner, limit=8)
+    recent, _ = list_jobs(session, owner=owner, limit=8, top_level=True)
     models, _ = list_jobs(session, owner=owner, status=states.SUCCEEDED, kind="fine_tune", limit=50)
     forms = [
         kind_form(spec, settings, HAND_MADE.get(name, frozenset())) for name, spec in KINDS.items()
@@ -201,16 +201,19 @@ def delete(job_id: str):
 
 @bp.get("/jobs")
 def gallery():
-    """Every job of this owner, newest first, filtered by status and kind, page by page."""
+    """Every job of this owner, newest first, filtered by status and kind, page by page;
+    a sweep's children only behind its link (``?parent=<sweep id>``)."""
     query = list_query(request.args, page_size=GALLERY_PAGE)  # 400 page for a bad value
     session = db.session()
     rows, next_cursor = list_jobs(
         session,
         owner=owner_filter(),
-        **asdict(query),  # status, kind, limit, cursor: list_jobs' own parameter names
+        **asdict(query),  # status, kind, limit, cursor, parent: list_jobs' own names
+        top_level=query.parent is None,  # a sweep is one entry, its children behind it
     )
     return render_template(
         "gallery.html",
+        parent=query.parent,
         jobs=[job_to_dict(session, job) for job in rows],
         terminal=states.TERMINAL,
         statuses=states.STATUSES,

@@ -40,6 +40,7 @@ class ListQuery:
     kind: str | None = None
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
+    parent: str | None = None  # a sweep's id: its children only
 
 
 def text(args: Mapping[str, str], name: str) -> str | None:
@@ -102,8 +103,16 @@ def cursor(args: Mapping[str, str]) -> str | None:
     return value
 
 
+def job_id(args: Mapping[str, str], name: str) -> str | None:
+    """A job id (32 lowercase hex digits), or None; the message never echoes the value."""
+    value = text(args, name)
+    if value is not None and not is_job_id(value):
+        raise InputError(f"{name} must be a job id (32 hex digits)", field=name)
+    return value
+
+
 def list_query(args: Mapping[str, str], *, page_size: int | None = None) -> ListQuery:
-    """status, kind, limit and cursor of a job list.
+    """status, kind, limit, cursor and parent of a job list.
 
     ``page_size`` fixes the page for a route without a ``limit`` parameter (the gallery),
     which then ignores one like any parameter it does not take.
@@ -113,4 +122,5 @@ def list_query(args: Mapping[str, str], *, page_size: int | None = None) -> List
         kind=choice(args, "kind", KINDS),
         limit=limit(args) if page_size is None else page_size,
         cursor=cursor(args),
+        parent=job_id(args, "parent"),
     )

@@ -14,6 +14,7 @@ Two browser-side attacks need no bug in a view to work, so they are stopped here
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
@@ -59,9 +60,11 @@ def trusted_hosts(settings: Settings) -> frozenset[str] | None:
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]]+))(?::\d{1,5})?")
 
 
+@lru_cache(maxsize=256)
 def host_name(host_header: str) -> str:
     """``Host`` without its port, lower case, IPv6 literals without brackets; "" for a
-    value that is not ``name[:port]`` or ``[v6][:port]`` (never trusted)."""
+    value that is not ``name[:port]`` or ``[v6][:port]`` (never trusted). Remembered for
+    the few names a server is called by: every request asks."""
     match = _HOST.fullmatch(host_header.strip().lower())
     if match is None:
         return ""
@@ -72,7 +75,7 @@ def check_host(allowed: frozenset[str] | None) -> None:
     """Refuse a request whose Host header names a host this server does not serve."""
     if allowed is None or "*" in allowed:
         return
-    if host_name(request.headers.get("Host", "")) not in allowed:
+    if host_name(request.environ.get("HTTP_HOST", "")) not in allowed:
         raise InputError(
             "Host: this server does not answer to that host name; add it to "
             "ATELIER_TRUSTED_HOSTS (comma list) on the server",

@@ -7,6 +7,10 @@ files, so bad input leaves nothing behind; a broker failure after it leaves the 
 the dispatcher; a crash between the files and the commit leaves files that the
 dispatcher's orphan sweep removes after a grace period.
 
+A ``sweep`` (shared/kinds/sweep.py) stores its parent and every child in that one
+transaction, each child with its own copy of its two inputs, and publishes the children;
+the parent waits unpublished until its last child ends.
+
 The early quota check only spares work; the binding one (``shared.quotas.admit``) runs
 under the owner's lock in the transaction that inserts the row, after the files are
 written, so the lock is held for a count, an insert and a commit, never for an upload.
@@ -32,11 +36,12 @@ from werkzeug.datastructures import MultiDict
 from shared.errors import InputError
 from shared.jobs import add_job, mark_enqueued, new_job_id
 from shared.kinds import KindSpec
+from shared.kinds import sweep as sweeps
 from shared.models import Job
 from shared.quotas import admit, check_admission
 from shared.settings import Settings
 from shared.states import SUCCEEDED
-from shared.storage import job_key, open_storage
+from shared.storage import Storage, job_key, open_storage
 from shared.timeutil import utcnow
 from shared.webhooks import check_target, parse_events
 from web import db, dry_run, queue
@@ -148,6 +153,7 @@ class Checked:
     webhook_url: str | None
     webhook_events: str | None
     priority: int
+    children: tuple[sweeps.Child, ...] = ()  # a sweep's, in grid order
 
 
 def check_submission(
@@ -164,7 +170,11 @@ def check_submission(
     webhook_url, webhook_events = _webhook(form, settings)
     priority = submit_priority(form)
     prepared = handler_for(kind)(SubmitContext(spec, form, files, owner, settings, session))
-    return Checked(spec, prepared, webhook_url, webhook_events, priority)
+    children: tuple[sweeps.Child, ...] = ()
+    if spec is sweeps.SPEC:
+        stored = [item for item, _ in prepared.inputs]
+        children = tuple(sweeps.plan(prepared.params, stored, settings))
+    return Checked(spec, prepared, webhook_url, webhook_events, priority, children)
 
 
 def submit_job(
@@ -197,11 +207,16 @@ def submit_job(
     session.commit()  # end the reads: no connection is held while the files are written
 
     job_id = new_job_id()
+    children = [(new_job_id(), child) for child in checked.children]
     storage = open_storage(settings.storage_url, settings)
     try:
         for stored, data in prepared.inputs:
             storage.put_bytes(job_key(job_id, stored.name), data)
+        _store_child_inputs(storage, prepared, children)
         admit(session, owner, settings)
+        if children:
+            field = sweeps.swept_field(prepared.params)
+            sweeps.check_room(session, owner, settings, len(children), field)
         _check_jobs_still_there(session, spec, prepared.params)
         job = add_job(
             session,
@@ -214,19 +229,39 @@ def submit_job(
         )
         job.idempotency_key = idempotency_key
         job.webhook_url, job.webhook_events = webhook_url, webhook_events
+        if children:
+            sweeps.add_children(session, job, children)
         session.commit()
     except IntegrityError:
         session.rollback()
-        storage.delete_prefix(f"jobs/{job_id}")
+        _delete_files(storage, job_id, children)
         winner = find_idempotent(owner, idempotency_key)
         if winner is None:
             raise
         return winner, False  # a concurrent submit with the same key won
     except Exception:
         session.rollback()
-        storage.delete_prefix(f"jobs/{job_id}")
+        _delete_files(storage, job_id, children)
         raise
-    if queue.enqueue(job_id, kind):
-        mark_enqueued(session, job_id)
-        session.commit()
+    # a sweep's parent waits, unpublished, for its children (shared/kinds/sweep.py)
+    to_publish = [(c, sweeps.STYLE.name) for c, _ in children] or [(job_id, kind)]
+    for published_id, published_kind in to_publish:
+        if queue.enqueue(published_id, published_kind):
+            mark_enqueued(session, published_id)
+            session.commit()
     return job, True
+
+
+def _store_child_inputs(
+    storage: Storage, prepared: Prepared, children: list[tuple[str, sweeps.Child]]
+) -> None:
+    """Each child of a sweep gets its own copy of its content and style upload."""
+    data = {stored.name: content for stored, content in prepared.inputs}
+    for child_id, child in children:
+        for mine, source in child.files():
+            storage.put_bytes(job_key(child_id, mine.name), data[source.name])
+
+
+def _delete_files(storage: Storage, job_id: str, children: list[tuple[str, Any]]) -> None:
+    for owner_id in [job_id, *(child_id for child_id, _ in children)]:
+        storage.delete_prefix(f"jobs/{owner_id}")

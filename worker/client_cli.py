@@ -518,15 +518,24 @@ def _option(parser: ArgumentParser, param: Param) -> None:
     )
 
 
+def _file_option(spec: KindSpec, upload: FileField) -> bool:
+    """Whether a file field is an option rather than a positional: an optional single
+    file, and every list of files when the kind has two (positionals could not tell
+    where one list ends), as ``--content a.png --content b.png``."""
+    lists = sum(1 for f in spec.files if f.max_count > 1)
+    return (upload.max_count == 1 and not upload.required) or (upload.max_count > 1 and lists > 1)
+
+
 def _add_kind(kinds: argparse._SubParsersAction, spec: KindSpec, common: ArgumentParser) -> None:
     """``atelier submit KIND``: required job ids, then the file fields, as positionals in
-    the spec's order; one option per other parameter."""
+    the spec's order (see :func:`_file_option` for those that are options); one option
+    per other parameter."""
     positionals = [p for p in spec.params if _positional(p)]
     metavars = {f.name: METAVARS.get((spec.name, f.name), f.name.upper()) for f in spec.files}
     synopsis = [p.name.upper() for p in positionals] + [
         metavars[f.name] + ("…" if f.max_count > 1 else "")
         for f in spec.files
-        if f.required or f.max_count > 1
+        if (f.required or f.max_count > 1) and not _file_option(spec, f)
     ]
     parser = kinds.add_parser(
         spec.name,
@@ -540,7 +549,18 @@ def _add_kind(kinds: argparse._SubParsersAction, spec: KindSpec, common: Argumen
             _dest(param.name), metavar=param.name.upper(), type=param.cli_type(), help=param.doc
         )
     for upload in spec.files:
-        if not upload.required and upload.max_count == 1:  # after a list of files: an option
+        if _file_option(spec, upload) and upload.max_count > 1:
+            parser.add_argument(
+                "--" + upload.name.replace("_", "-"),
+                dest=_dest(upload.name),
+                metavar=metavars[upload.name],
+                type=Path,
+                action="append",
+                required=upload.required,
+                help=f"{upload.doc} (repeat the option for each file)",
+            )
+            continue
+        if _file_option(spec, upload):  # after a list of files: an option
             parser.add_argument(
                 "--" + upload.name.replace("_", "-"),
                 dest=_dest(upload.name),

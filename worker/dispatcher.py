@@ -1,10 +1,13 @@
 """The housekeeping loop (``atelier dispatcher``; ``atelier up`` runs it in a thread).
 
 Each pass: requeue (or fail, past the attempts cap) running jobs whose worker stopped
-heartbeating; publish queued jobs the web could not hand to Redis; and, every minute,
+heartbeating; hand over sweeps whose children have all ended; publish queued jobs the
+web could not hand to Redis; and, every minute,
 publish again queued jobs whose message Redis lost, and delete finished jobs past the
 retention time; every ten minutes, delete storage folders that have no job row (older
-than ATELIER_ORPHAN_GRACE_SECONDS). So neither a broker outage nor a killed
+than ATELIER_ORPHAN_GRACE_SECONDS). A job this loop ends (attempts exhausted) loses
+its resume checkpoints at once (:func:`delete_job_checkpoints`); an expired one loses
+them with its whole folder. So neither a broker outage nor a killed
 worker loses a job, and storage does not grow without bound.
 """
 
@@ -19,9 +22,10 @@ from collections.abc import Callable
 
 import redis
 from celery import Celery
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from shared import events
+from shared.checkpoints import delete_job_checkpoints
 from shared.db import session_scope
 from shared.fairness import paused_queues
 from shared.housekeeping import (
@@ -34,6 +38,7 @@ from shared.housekeeping import (
 )
 from shared.jobs import mark_enqueued
 from shared.kinds import load_modules
+from shared.kinds import sweep as sweeps
 from shared.models import Job
 from shared.queue import (
     CPU_QUEUE,
@@ -45,7 +50,7 @@ from shared.queue import (
 )
 from shared.quotas import lock_owner
 from shared.settings import Settings
-from shared.states import FAILED
+from shared.states import FAILED, WAITING_QUEUE
 from shared.storage import open_storage
 from shared.timeutil import utcnow
 
@@ -78,10 +83,18 @@ def reap(settings: Settings, send: Send) -> None:
         )
         events.notify(settings, job_id, events.STATUS)  # open streams see it now, not at 15 s
         if status == FAILED:
+            _forget_checkpoints(settings, job_id)
             try:
                 send(NOTIFY_TASK, [job_id, "completed"], CPU_QUEUE)
             except Exception:
                 log.warning("could not queue the completed webhook of %s", job_id)
+
+
+def _forget_checkpoints(settings: Settings, job_id: str) -> None:
+    """The checkpoints of a job the reaper failed: no attempt will continue from them."""
+    with session_scope(settings.database_url) as session:
+        attempts = session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0
+    delete_job_checkpoints(open_storage(settings.storage_url, settings), job_id, attempts)
 
 
 def _queue(job_id: str, kind: str) -> str | None:
@@ -98,7 +111,8 @@ def dispatch(settings: Settings, send: Send) -> int:
     """Publish queued rows the broker never took, but none of a paused queue (their
     messages would only be dropped); returns how many were published."""
     with session_scope(settings.database_url) as session:
-        pending = pending_dispatch(session, skip_queues=paused_queues(session))
+        skipped = paused_queues(session) | {WAITING_QUEUE}  # a sweep waits for its children
+        pending = pending_dispatch(session, skip_queues=skipped)
     published = 0
     for job_id, kind in pending:
         queue = _queue(job_id, kind)
@@ -146,7 +160,9 @@ def republish_lost(settings: Settings, send: Send, *, older_than: float = 30.0) 
     the next job or nothing. That costs a message now and then, never a job."""
     with session_scope(settings.database_url) as session:
         waiting = published_but_waiting(
-            session, older_than_seconds=older_than, skip_queues=paused_queues(session)
+            session,
+            older_than_seconds=older_than,
+            skip_queues=paused_queues(session) | {WAITING_QUEUE},
         )
     if not waiting:
         return 0
@@ -162,6 +178,23 @@ def republish_lost(settings: Settings, send: Send, *, older_than: float = 30.0) 
         with session_scope(settings.database_url) as session:
             session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     return len(lost)
+
+
+def hand_over_sweeps(settings: Settings) -> list[str]:
+    """Hand over each sweep whose children have all ended but that is still waiting:
+    the process that ended the last child died before it could (shared/kinds/sweep.py).
+    The hand-over is a compare-and-set, so a sweep moves once however many try; the
+    ``dispatch`` that follows in the same pass publishes it."""
+    with session_scope(settings.database_url) as session:
+        ready = sweeps.ready_parents(session)
+    moved = []
+    for parent_id in ready:
+        with session_scope(settings.database_url) as session:
+            if sweeps.child_ended(session, parent_id):
+                moved.append(parent_id)
+    for parent_id in moved:
+        log.warning("sweep %s: its children have ended; handed over by the dispatcher", parent_id)
+    return moved
 
 
 def delete_expired(settings: Settings) -> int:
@@ -209,6 +242,7 @@ def sweep_once(
     Returns how many jobs were published.
     """
     reap(settings, send)
+    hand_over_sweeps(settings)
     published = dispatch(settings, send)
     if slow_checks:
         published += republish_lost(settings, send)

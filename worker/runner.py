@@ -22,9 +22,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import events, states
 from shared.db import session_scope
-from shared.jobs import OUTPUT_ROLES, attempt_prefix
+from shared.jobs import OUTPUT_ROLES, attempt_prefix, mark_enqueued
 from shared.kinds import load_modules
+from shared.kinds import sweep as sweeps
 from shared.models import Job
+from shared.queue import RUN_JOB_TASK
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 from shared.timeutil import utcnow
@@ -71,7 +73,28 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
         return _hand_back(settings, storage, fence)
     _discard_earlier_attempts(storage, fence)
     webhooks.notify(settings, job_id, "completed")
+    hand_over_parent(settings, job_id)
     return status
+
+
+def hand_over_parent(settings: Settings, job_id: str) -> str | None:
+    """A job ended here: if it was the last child of a sweep to end, hand the sweep over
+    and publish it (shared/kinds/sweep.py); returns the sweep's id then. Best effort:
+    the dispatcher's pass hands over, and publishes, what this does not."""
+    try:
+        with session_scope(settings.database_url) as session:
+            parent = sweeps.after_end(session, job_id)
+        if parent is None:
+            return None
+        webhooks.sender(settings).send_task(
+            RUN_JOB_TASK, args=[parent], queue=sweeps.SPEC.queue, task_id=parent, retry=False
+        )
+        with session_scope(settings.database_url) as session:
+            mark_enqueued(session, parent)
+        return parent
+    except Exception:
+        log.warning("job %s: its sweep is left to the dispatcher", job_id, exc_info=True)
+        return None
 
 
 def _run_claimed(fence: states.Fence, settings: Settings, storage: Storage) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from shared.errors import InputError
-from shared.kinds import fine_tune, predict, style_transfer
+from shared.kinds import fine_tune, predict, style_transfer, sweep
 from shared.kinds.spec import FileField, KindSpec, Param
 
 __all__ = ["KINDS", "FileField", "KindSpec", "Param", "get_kind", "load_modules", "register"]
@@ -44,5 +44,5 @@ def load_modules(names: str | None) -> None:
             importlib.import_module(name)
 
 
-for _module in (style_transfer, fine_tune, predict):
+for _module in (style_transfer, fine_tune, predict, sweep):
     register(_module.SPEC)

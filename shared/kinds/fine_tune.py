@@ -103,6 +103,18 @@ PARAMS = (
         label="Learning rate",
     ),
     Param(
+        "lr_decay",
+        "float",
+        "full and gradual: the deepest backbone stage trains at lr × 0.1 and each earlier "
+        "stage at lr_decay times the one above it (discriminative rates; 1 = one rate for "
+        "the whole backbone)",
+        default=1.0,
+        minimum=0.1,
+        maximum=1.0,
+        expert=True,
+        label="Per-stage LR decay",
+    ),
+    Param(
         "weight_decay",
         "float",
         "L2 penalty of the head (linear_probe) or AdamW weight decay"

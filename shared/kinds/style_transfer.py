@@ -11,6 +11,10 @@ there are never more than eight regions. ``mask_styles`` maps colours to a style
 or to ``keep``; its items are a fixed set of ``colour:target`` choices, so the form, the
 OpenAPI pattern and the CLI all read them from this table, and :func:`check` refuses
 what a choice list cannot say (a colour twice, an index past the styles, no mask).
+
+Faces: ``protect_faces`` (on by default) and the optional ``protect`` image (bright =
+protect) make the content loss weigh more where people look first; the engine's
+worker/engines/faces.py says how much and how faces are found.
 """
 
 from __future__ import annotations
@@ -117,6 +121,14 @@ PARAMS = (
         default=False,
         expert=True,
         label="Colour only",
+    ),
+    Param(
+        "protect_faces",
+        "bool",
+        "find faces in the content (OpenCV's Haar detector) and weigh the content loss more "
+        "inside them, so faces stay recognisable; the boxes found are in metrics.json",
+        default=True,
+        label="Protect faces",
     ),
     Param(
         "histogram_weight",
@@ -253,6 +265,10 @@ def check(params: dict[str, Any], counts: Mapping[str, int]) -> None:
             field="style_layer_weights",
         )
     check_colour(params)
+    if counts.get("protect") and params.get("color_only"):
+        raise InputError(
+            "color_only does not optimise, so it takes no protect mask", field="protect"
+        )
     if "mask" in counts:
         check_mask(params, counts.get("mask", 0), counts.get("style", 0))
 
@@ -319,6 +335,12 @@ SPEC = KindSpec(
         FileField(
             "mask",
             "optional region mask in pure colours (see mask_styles), resized to the content",
+            required=False,
+        ),
+        FileField(
+            "protect",
+            "optional protect mask: bright areas keep the content as a face does (the content "
+            "loss weighs more there), resized to the content",
             required=False,
         ),
     ),

@@ -53,7 +53,9 @@ def _argv(spec: KindSpec, param: Param | None = None, text: str | None = None) -
     for p in spec.params:
         if client_cli._positional(p):
             argv.append(text if p is param else JOB_ID)
-    argv += [f"{upload.name}.png" for upload in spec.files]
+    for upload in spec.files:  # a kind with two lists of files takes them as options
+        repeated = upload.max_count > 1 and client_cli._file_option(spec, upload)
+        argv += [f"--{upload.name}", f"{upload.name}.png"] if repeated else [f"{upload.name}.png"]
     if param is not None and not client_cli._positional(param):
         flag = "--" + param.name.replace("_", "-")
         argv.append(flag if text is None else f"{flag}={text}")

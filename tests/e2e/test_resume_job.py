@@ -22,7 +22,7 @@ from shared.storage import LocalStorage
 from tests.conftest import WorkerProcess, make_settings, style_form, tiny_png, wait_for
 from web import create_app
 from worker.kinds import RunContext
-from worker.kinds import style_transfer as runner
+from worker.kinds import checkpoints as runner
 
 # one scale, so the only checkpoint is the one taken at the drain
 JOB = {"size": 48, "iterations": 150, "multiscale": "false", "seed": 11}

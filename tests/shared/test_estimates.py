@@ -9,17 +9,19 @@ from shared import estimates
 from shared.estimates import Line, Observation
 
 
-def test_presets_mirror_the_engines():
+def test_the_engines_presets_are_the_estimates_step_budgets():
     from worker.engines.params import PRESETS
 
     assert set(estimates.PRESET_STEPS) == set(PRESETS)
     for name, preset in PRESETS.items():
+        assert isinstance(preset, estimates.PresetSteps)
         mirror = estimates.PRESET_STEPS[name]
         assert (mirror.final_steps, mirror.growth, mirror.min_scale) == (
             preset.final_steps,
             preset.growth,
             preset.min_scale,
         )
+        assert preset.iterations(4) == mirror.iterations(4)
 
 
 def test_the_engine_plans_and_sizes_memory_with_the_same_functions():

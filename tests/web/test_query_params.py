@@ -17,7 +17,7 @@ import pytest
 
 from tests.web.helpers import make_job
 
-KINDS = ("style_transfer", "fine_tune", "predict")
+KINDS = ("style_transfer", "fine_tune", "predict", "sweep")
 MAX_LIMIT = 100  # the documented bounds, spelled out: the tests hold the contract
 
 

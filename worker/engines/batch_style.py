@@ -8,11 +8,12 @@ are summed only to take one gradient: each is a function of its own image alone,
 each job's gradient, and with ``BatchLBFGS`` each job's steps, are those of its lone run.
 
 What batches together (``batch_key``): L-BFGS jobs on the same device and precision with
-the same scale plan, weights, pooling, loss layers, histogram term on or off, and colour
-mode (luminance-only jobs optimise one channel).  Anything else (Adam, ``color_only``, a
-region mask), a lone job of its shape, or a batch that would not fit the device's
-memory, goes through ``stylize`` as before: batching never changes which jobs run, only
-how many share a step.
+the same scale plan, weights, pooling, loss layers, histogram term on or off, colour
+mode (luminance-only jobs optimise one channel) and ``protect_faces`` on or off (each
+job looks for its own faces and keeps its own weight map, faces.py).  Anything else
+(Adam, ``color_only``, a region mask, a protect mask), a lone job of its shape, or a
+batch that would not fit the device's memory, goes through ``stylize`` as before:
+batching never changes which jobs run, only how many share a step.
 
 A job's callback ends only that job: whatever it raises (the engine's Canceled, or a
 worker's own stop request) becomes that job's outcome and its row leaves the batch, the
@@ -29,10 +30,10 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from . import cpu_share, imaging, planning
+from . import cpu_share, faces, imaging, planning
 from .batch_lbfgs import BatchLBFGS
 from .errors import EngineError, OutOfMemory
-from .losses import LossTerms, Targets, loss_terms
+from .losses import Targets, loss_terms
 from .params import PRESETS, StyleParams
 from .style_targets import image_digest
 from .style_transfer import (
@@ -68,6 +69,7 @@ class BatchItem:
     styles: Sequence[Image.Image]
     params: StyleParams | None = None
     on_progress: Callable[[StyleProgress], None] | None = None
+    protect: Image.Image | None = None  # a protect mask: the job runs alone
 
 
 @dataclass
@@ -97,8 +99,8 @@ def _plan_item(index: int, item: BatchItem, precision: str) -> _Planned | None:
     params = item.params
     if not isinstance(params, StyleParams) or params.optimizer != "lbfgs":
         return None  # Adam's iterate averaging and clamping stay on the lone path
-    if params.color_only or params.mask_styles:
-        return None  # no optimisation at all, or a region mask: stylize's own paths
+    if params.color_only or params.mask_styles or item.protect is not None:
+        return None  # no optimisation at all, or a mask: stylize's own paths
     if len(item.params.style_weights) != len(styles):
         return None
     try:
@@ -128,6 +130,7 @@ def _key(planned: _Planned) -> Hashable:
         p.style_layers,
         p.style_layer_weights,
         p.histogram_weight > 0,  # the histogram layers join every forward pass
+        p.protect_faces,  # each job's own face map weighs its own content term
     )
 
 
@@ -187,9 +190,19 @@ def _run_alone(item: BatchItem, precision: str) -> Outcome:
             item.params,
             on_progress=item.on_progress,
             precision=precision,
+            protect=item.protect,
         )
     except Exception as exc:  # the job's own outcome, as in a batch
         return exc
+
+
+def _protection(planned: _Planned) -> faces.Protection | None:
+    """The job's faces, looked for as ``stylize`` does (once, at the output size)."""
+    if not planned.params.protect_faces:
+        return None
+    return faces.plan_protection(
+        planned.content, planned.dims[-1], faces=True, device=planned.device
+    )
 
 
 def _run_batch(chunk: list[_Planned], precision: str) -> list[Outcome]:
@@ -249,6 +262,7 @@ class _Batch:
             started=self.started,
             total=sum(planned.steps),
             spare_bytes=self.spare,
+            protection=_protection(planned),
         )
 
     def run(self) -> list[Outcome]:
@@ -338,14 +352,12 @@ class _Batch:
                 terms = loss_terms(own, x[row : row + 1], targets[j])
                 loss = p.content_weight * terms.content + style_weight[j] * terms.style
                 loss = loss + p.tv_weight * terms.tv
-                histogram = terms.histogram
-                if histogram is not None:
-                    loss = loss + p.histogram_weight * histogram
-                    histogram = histogram.detach()
+                if terms.histogram is not None:
+                    loss = loss + p.histogram_weight * terms.histogram
+                if terms.protect is not None:
+                    loss = loss + p.content_weight * terms.protect
                 losses.append(loss)
-                job.terms = LossTerms(
-                    terms.content.detach(), terms.style.detach(), terms.tv.detach(), histogram
-                )
+                job.terms = terms.detach()
             return torch.stack(losses)
 
         for _ in range(steps):

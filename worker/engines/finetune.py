@@ -7,9 +7,11 @@ random head's gradients would wreck pretrained features — fastai's ``fine_tune
   once and cached, and the head is a logistic regression whose L2 strength is chosen by
   cross-validation on the training images (``probe.py``; ``weight_decay`` set: that λ).
   The validation images only report: nothing is picked by them.
-* ``full`` — after the head, everything trains, the backbone at ``lr × 0.1``.
-* ``gradual`` — after the head, one more backbone stage (from the top) unfreezes each
-  epoch (ULMFiT's gradual unfreezing), also at ``lr × 0.1``.
+* ``full`` — after the head, everything trains, the deepest backbone stage at
+  ``lr × 0.1`` and each earlier one at ``lr_decay`` times the rate above it (ULMFiT's
+  discriminative rates; ``lr_decay`` 1 = the whole backbone at ``lr × 0.1``).
+* ``gradual`` — after the head, one more backbone stage (the last first) unfreezes each
+  epoch (ULMFiT's gradual unfreezing), at the same per-stage rates.
 * ``auto`` — one of those, chosen from the dataset's size and ``max_seconds``
   (``auto.py``), recorded with the reason in ``metrics["auto"]``.
 
@@ -18,6 +20,14 @@ checkpoint is complete enough to predict without this module's state: class name
 preprocessing, backbone id, feature layers and weights (head only for a linear probe,
 whose backbone is the bundled one, checked by sha256). Entry points: :func:`fine_tune`
 and :func:`load_model`; both plain PyTorch.
+
+Resume (full and gradual): at the end of a network epoch (every one, or the first one a
+given interval after the last) the run hands out its state (checkpoint.py's
+``TrainingCheckpoint``); given it back, a run with the same config and dataset skips the
+features and the head's warm-up and continues with the next epoch, ending bit for bit
+where an uninterrupted run ends (CPU, one thread, same seed). Python's ``random`` and
+numpy draw nothing during training (the split is seeded on its own), so the torch RNG
+and the run's data generator are all the randomness there is to restore.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from torch.nn import functional as F
 from shared.kinds.fine_tune import SPEC, STRATEGY_DEFAULTS
 
 from . import auto
+from . import checkpoint as checkpoints
 from . import datasets as ds
 from .backbones import (
     LEGACY_VGG_FEATURE_LAYERS,
@@ -65,6 +76,7 @@ class FinetuneConfig:
     epochs: int
     batch_size: int
     lr: float
+    lr_decay: float  # full / gradual: each earlier backbone stage's LR factor
     weight_decay: float | None  # linear_probe: None = chosen by cross-validation
     image_size: int
     val_split: float
@@ -166,8 +178,19 @@ def _resolve_auto(
     if config.strategy != "auto":
         return config, None
     images = len(dataset.train) + len(dataset.val or [])
+    train = dataset.train
+    if not dataset.val:  # the counts of the split fine_tune makes (the same for any seed)
+        train = ds.split(dataset.train, config.val_split, config.seed)[0]
+    per_class = [sum(it.label == c for it in train) for c in range(len(dataset.classes))]
     choice = auto.choose(
-        images, len(dataset.classes), config.image_size, config.device, config.max_seconds
+        images,
+        len(dataset.classes),
+        config.image_size,
+        config.device,
+        config.max_seconds,
+        backbone=config.backbone,
+        smallest_class=min(per_class, default=0),
+        weight_decay=config.weight_decay,
     )
     defaults = STRATEGY_DEFAULTS[choice.strategy]
     fills = {k: v for k, v in defaults.items() if getattr(config, k) is None}
@@ -435,6 +458,24 @@ def _evaluate_model(
     return loss, (preds == data.labels).float().mean().item(), preds
 
 
+def _param_groups(model: Classifier, config: FinetuneConfig) -> list[dict[str, Any]]:
+    """The head at ``lr``; the deepest backbone stage at ``lr × 0.1`` and each earlier
+    one at ``lr_decay`` times the one above it (ULMFiT's discriminative rates); any
+    backbone parameter outside the stages goes with the shallowest stage."""
+    groups = [{"params": list(model.head.parameters()), "base": config.lr}]
+    stages = model.backbone.stages
+    seen: set[int] = set()
+    for depth, stage in enumerate(reversed(stages)):
+        params = [p for p in stage.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        base = config.lr * BACKBONE_LR_FACTOR * config.lr_decay**depth
+        groups.append({"params": params, "base": base})
+    rest = [p for p in model.backbone.parameters() if id(p) not in seen]
+    if rest:
+        groups[-1]["params"] = groups[-1]["params"] + rest
+    return [{**group, "lr": group["base"]} for group in groups if group["params"]]
+
+
 def _train_network(
     model: Classifier,
     decoded: ds.Decoded,
@@ -442,48 +483,31 @@ def _train_network(
     tracker: Tracker,
     best: _Best,
     gen: torch.Generator,
+    saves: checkpoints.EpochCheckpoints,
 ) -> None:
-    """End-to-end epochs (full / gradual) after the head; backbone at a lower LR."""
-    head_params = list(model.head.parameters())
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": head_params, "lr": config.lr, "base": config.lr},
-            {
-                "params": list(model.backbone.parameters()),
-                "lr": config.lr * BACKBONE_LR_FACTOR,
-                "base": config.lr * BACKBONE_LR_FACTOR,
-            },
-        ],
-        weight_decay=config.weight_decay,
-    )
-    best.stale = 0
+    """End-to-end epochs (full / gradual) after the head; backbone at lower LRs.
+
+    An epoch ends with a checkpoint when ``saves`` has a writer and one is due; with one
+    to resume from, the run continues after its epoch as if it had never stopped.
+    """
+    optimizer = torch.optim.AdamW(_param_groups(model, config), weight_decay=config.weight_decay)
     per_epoch = math.ceil(len(decoded.train.images) / config.batch_size)
-    steps, step = config.epochs * per_epoch, 0
-    for epoch in range(1, config.epochs + 1):
-        started, losses, correct = time.monotonic(), 0.0, 0
-        unfrozen = _set_trainable(model, config, epoch)
-        for batch, target in ds.batches(
-            decoded.train,
-            image_size=config.image_size,
-            batch_size=config.batch_size,
-            augment=config.augment,
-            gen=gen,
-            shuffle=True,
-        ):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(config, group["base"], step, steps)
-            with _autocast(config.device, config.precision):
-                logits = model(_inputs(batch, config.device, config.precision)).float()
-            target = target.to(config.device)
-            loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            losses += loss.item() * len(target)
-            correct += (logits.argmax(1) == target).sum().item()
-            stage = f"training ({unfrozen} stages unfrozen)"
-            tracker.advance("network", stage, epoch, loss.item())
+    val_batches = batch_count(len(decoded.val.images), config.batch_size)
+    steps, done, step = config.epochs * per_epoch, 0, 0
+    if saves.resume is None:
+        best.stale = 0
+    else:
+        done, step = saves.restore(model, optimizer, best, gen)
+        tracker.best = best.score[0]
+        tracker.skip("network", done * (per_epoch + val_batches))
+    for epoch in range(done + 1, config.epochs + 1):
+        if config.early_stopping and best.stale >= config.early_stopping:
+            break
+        started = time.monotonic()
+        losses, correct = _train_epoch(
+            model, decoded.train, config, optimizer, (epoch, step, steps), tracker, gen
+        )
+        step += per_epoch
         val_loss, val_acc, _ = _evaluate_model(model, decoded.val, config)
         best.update(HEAD_WARMUP_EPOCHS + epoch, val_acc, val_loss, model)
         tracker.best = best.score[0]
@@ -500,10 +524,47 @@ def _train_network(
                 started,
             )
         )
-        val_batches = batch_count(len(decoded.val.images), config.batch_size)
         tracker.advance("network", "validating", epoch, val_loss, val_acc, units=val_batches)
-        if config.early_stopping and best.stale >= config.early_stopping:
-            break
+        saves.save(epoch, step, model, optimizer, best, gen)
+
+
+def _train_epoch(
+    model: Classifier,
+    data: ds.DecodedSet,
+    config: FinetuneConfig,
+    optimizer: torch.optim.Optimizer,
+    position: tuple[int, int, int],
+    tracker: Tracker,
+    gen: torch.Generator,
+) -> tuple[float, int]:
+    """Network epoch ``epoch`` (1-based), one pass over ``data`` from optimiser step
+    ``step`` of ``steps`` (``position``); returns the summed loss and the number right."""
+    epoch, step, steps = position
+    losses, correct = 0.0, 0
+    unfrozen = _set_trainable(model, config, epoch)
+    stage = f"training ({unfrozen} stages unfrozen)"
+    for batch, target in ds.batches(
+        data,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        augment=config.augment,
+        gen=gen,
+        shuffle=True,
+    ):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, group["base"], step, steps)
+        with _autocast(config.device, config.precision):
+            logits = model(_inputs(batch, config.device, config.precision)).float()
+        target = target.to(config.device)
+        loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        losses += loss.item() * len(target)
+        correct += (logits.argmax(1) == target).sum().item()
+        tracker.advance("network", stage, epoch, loss.item())
+    return losses, correct
 
 
 def fine_tune(
@@ -511,19 +572,29 @@ def fine_tune(
     config: FinetuneConfig | None = None,
     *,
     on_progress: Callable[[FinetuneProgress], None] | None = None,
+    checkpoint: bytes | None = None,
+    on_checkpoint: Callable[[bytes], None] | None = None,
+    checkpoint_seconds: float = 0.0,
 ) -> FinetuneResult:
     """Train a classifier for ``dataset`` with ``config`` (None: every default, drawn seed).
 
     ``config`` comes from ``FinetuneConfig.resolve(...)``, which checks it against the
     kind's spec. ``on_progress`` runs after every decoded image and every batch, and may
-    raise (e.g. Canceled) to stop.
+    raise (e.g. Canceled) to stop. For full and gradual, ``on_checkpoint`` receives the
+    run's state as bytes after a network epoch, every epoch once ``checkpoint_seconds``
+    passed since the last one (0: every epoch); given such bytes back as
+    ``checkpoint``, a run with the same config and dataset skips the features and the
+    head's warm-up and continues after that epoch, ending with the same weights and
+    metrics (timings aside) as a run that never stopped. Other bytes are ignored (logged).
     """
     config = FinetuneConfig.resolve() if config is None else config
     config, auto_record = _resolve_auto(config, dataset)
     started = time.monotonic()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    backbone = _prepare(build_backbone(config.backbone), config.device, config.precision)
+    layers = tuple(auto_record["feature_layers"]) if auto_record else ()
+    backbone = build_backbone(config.backbone, layers=layers or None)  # auto's, or the default
+    backbone = _prepare(backbone, config.device, config.precision)
     n_all = len(dataset.train) + len(dataset.val or [])
     tracker = Tracker(on_progress, config.epochs)
     tracker.plan(decode=n_all)
@@ -551,43 +622,82 @@ def fine_tune(
     )
     decode_seconds = time.monotonic() - started
     backbone.requires_grad_(False)
-    feats = _features(backbone, decoded, config, tracker)
+    saves = _epoch_checkpoints(
+        config, dataset.classes, decoded, (checkpoint, on_checkpoint, checkpoint_seconds)
+    )
     head = make_head(backbone.feature_dim, len(dataset.classes)).to("cpu")
     best = _Best()
     extra: dict[str, Any] = {} if auto_record is None else {"auto": auto_record}
-    if config.strategy == "linear_probe":
-        extra["head"] = _probe_head(head, feats, config, tracker, best, len(dataset.classes))
-        # Record the λ used, so the card, checkpoint and a rerun with this config agree.
-        config = replace(config, weight_decay=extra["head"]["l2"])
+    feats = None
+    if saves.resume is not None:  # the head's warm-up (all the features served) is in it
+        tracker.skip("features")
+        tracker.skip("head")
     else:
-        _train_head(head, feats, config, HEAD_WARMUP_EPOCHS, tracker, best, gen)
-    tracker.finish("head")
-    head.load_state_dict(best.state)
+        feats = _features(backbone, decoded, config, tracker)
+        if config.strategy == "linear_probe":
+            extra["head"] = _probe_head(head, feats, config, tracker, best, len(dataset.classes))
+            # Record the λ used, so the card, checkpoint and a rerun with this config agree.
+            config = replace(config, weight_decay=extra["head"]["l2"])
+        else:
+            _train_head(head, feats, config, HEAD_WARMUP_EPOCHS, tracker, best, gen)
+        tracker.finish("head")
+        head.load_state_dict(best.state)
     model = Classifier(backbone, head.to(config.device))
     train_started = time.monotonic()
     if config.strategy != "linear_probe":
-        best.state = {f"head.{k}": v for k, v in best.state.items()}
-        best.state.update({f"backbone.{k}": v.clone() for k, v in backbone.state_dict().items()})
-        _train_network(model, decoded, config, tracker, best, gen)
+        if saves.resume is None:  # the best so far: the warmed-up head, pretrained backbone
+            best.state = {f"head.{k}": v for k, v in best.state.items()}
+            best.state.update(
+                {f"backbone.{k}": v.clone() for k, v in backbone.state_dict().items()}
+            )
+        _train_network(model, decoded, config, tracker, best, gen, saves)
+        extra["checkpoints"] = saves.metrics()
         tracker.finish("network")
         model.load_state_dict(best.state)
         _, _, preds = _evaluate_model(model, decoded.val, config)
     else:
+        assert feats is not None  # a linear probe never resumes
         _, _, preds = _evaluate_features(head, feats.val, feats.val_labels)
     seconds = time.monotonic() - started
+    feature_seconds, feature_images = (0.0, 0) if feats is None else (feats.seconds, feats.images)
     timings = {
         "decode_seconds": round(decode_seconds, 3),
-        "feature_seconds": round(feats.seconds, 3),
-        "feature_images_per_second": round(feats.images / max(feats.seconds, 1e-9), 2),
+        "feature_seconds": round(feature_seconds, 3),
+        "feature_images_per_second": round(feature_images / max(feature_seconds, 1e-9), 2),
         "network_train_seconds": round(time.monotonic() - train_started, 3),
         "seconds": round(seconds, 3),
         "images_per_second": round(n_all / max(seconds, 1e-9), 2),
     }
     metrics = {**_metrics(config, dataset.classes, decoded, best, preds, timings), **extra}
-    checkpoint = _checkpoint(model, config, dataset.classes, best, metrics)
+    model_pt = _checkpoint(model, config, dataset.classes, best, metrics)
     card = model_card(config=asdict(config), metrics=metrics)
     tracker.end()
-    return FinetuneResult(checkpoint, metrics, card, list(dataset.classes), config)
+    return FinetuneResult(model_pt, metrics, card, list(dataset.classes), config)
+
+
+def _epoch_checkpoints(
+    config: FinetuneConfig,
+    classes: list[str],
+    decoded: ds.Decoded,
+    store: tuple[bytes | None, Callable[[bytes], None] | None, float],
+) -> checkpoints.EpochCheckpoints:
+    """Checkpointing of full / gradual runs (none for a linear probe, which has no epochs
+    to save: its cost is the feature pass, and a restart repeats only that).
+
+    The fingerprint covers the resolved config (seed, device and precision included) and
+    the decoded dataset's names and labels, so no other run's state is ever taken.
+    ``store`` is (the bytes to resume from, where new ones go, the interval between them).
+    """
+    if config.strategy == "linear_probe":
+        return checkpoints.EpochCheckpoints(None, None)
+    key = checkpoints.fingerprint(
+        asdict(config),
+        classes=list(classes),
+        train=[decoded.train.names, decoded.train.labels.tolist()],
+        val=[decoded.val.names, decoded.val.labels.tolist()],
+    )
+    data, sink, seconds = store
+    return checkpoints.EpochCheckpoints.start(key, data, sink, config.epochs, seconds)
 
 
 def _metrics(

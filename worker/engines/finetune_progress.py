@@ -94,6 +94,11 @@ class Tracker:
         """``part`` is over (perhaps early): its unspent units leave the total."""
         self.planned[part] = self.done[part]
 
+    def skip(self, part: str, units: int | None = None) -> None:
+        """Count ``units`` of ``part`` (None: every planned one) as done, without a report:
+        the work a resumed run took over from its checkpoint instead of doing it again."""
+        self.done[part] += self.planned[part] - self.done[part] if units is None else units
+
     def end(self) -> None:
         """Every part is over; the last report says ``step == total``."""
         for part in PARTS:

@@ -26,6 +26,11 @@ Two optional terms:
   histogram (sorted order kept) and the relative distance to that remap is penalised;
 * regions (``Targets.regions``, see masks.py): with a mask, each region's masked Gram is
   compared with its own style's target instead of one Gram of the whole image.
+
+And one optional weight: ``Targets.protect`` (faces.py) weighs the content error more
+inside faces and the protect mask.  Its extra part is a term of its own
+(``LossTerms.protect``, same normaliser as the content term), so ``content`` stays the
+plain relative error the metrics report and an unprotected run computes what it did.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class Targets:
     layers: LayerChoice = DEFAULT_LAYERS
     histograms: dict[str, torch.Tensor] | None = None  # layer -> (C, HISTOGRAM_POINTS)
     regions: RegionStyle | None = None  # a mask: the style term is per region
+    protect: torch.Tensor | None = None  # (1, 1, h, w) extra content weight (faces.py)
 
 
 def blend_grams(
@@ -118,6 +124,7 @@ def make_targets(
     *,
     histograms: dict[str, torch.Tensor] | None = None,
     regions: RegionStyle | None = None,
+    protect: torch.Tensor | None = None,
 ) -> Targets:
     """Targets from the content image's features at every loss layer and the style Grams.
 
@@ -139,6 +146,7 @@ def make_targets(
         layers=layers,
         histograms=histograms,
         regions=regions,
+        protect=protect,
     )
 
 
@@ -162,6 +170,21 @@ class LossTerms:
     style: torch.Tensor
     tv: torch.Tensor
     histogram: torch.Tensor | None = None  # only when Targets.histograms is set
+    protect: torch.Tensor | None = None  # only when Targets.protect is set
+
+    def detach(self) -> LossTerms:
+        """The same values cut from the graph (what a run keeps for its metrics)."""
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach()
+
+        return LossTerms(
+            self.content.detach(),
+            self.style.detach(),
+            self.tv.detach(),
+            cut(self.histogram),
+            cut(self.protect),
+        )
 
 
 def quantile_table(features: torch.Tensor, points: int = HISTOGRAM_POINTS) -> torch.Tensor:
@@ -219,10 +242,14 @@ def loss_terms(
     """Unweighted relative content/style errors and TV of one forward pass.
 
     ``style`` is the plain relative error (what the metrics report); the optimised term
-    divides it by ``targets.style_gap``.
+    divides it by ``targets.style_gap``.  ``protect`` is the content error once more,
+    weighted by the extra weight map, so content + protect is the protected content term.
     """
-    content = (features[targets.layers.content].float() - targets.content).pow(2).sum()
-    content = content / targets.content_norm
+    squared = (features[targets.layers.content].float() - targets.content).pow(2)
+    content = squared.sum() / targets.content_norm
+    protect = None
+    if targets.protect is not None:
+        protect = (squared * targets.protect).sum() / targets.content_norm
     if targets.regions is not None:
         style = targets.regions.error(features)
     else:
@@ -230,4 +257,6 @@ def loss_terms(
     histogram = None
     if targets.histograms is not None:
         histogram = histogram_error(features, targets.histograms)
-    return LossTerms(content=content, style=style, tv=tv_loss(image), histogram=histogram)
+    return LossTerms(
+        content=content, style=style, tv=tv_loss(image), histogram=histogram, protect=protect
+    )

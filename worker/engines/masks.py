@@ -131,7 +131,7 @@ def plan_regions(
     return RegionPlan(labels, tuple(targets), tuple(tuple(c) for c in colours))
 
 
-def _blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (R, 1, H, W) maps, edges reflected (sums are kept)."""
     radius = min(math.ceil(3 * sigma), maps.shape[-1] - 1, maps.shape[-2] - 1)
     if sigma <= 0 or radius < 1:
@@ -148,7 +148,7 @@ def scale_maps(plan: RegionPlan, dims: tuple[int, int]) -> torch.Tensor:
     onehot = F.one_hot(plan.labels, len(plan.targets)).permute(2, 0, 1).unsqueeze(1).float()
     width, height = dims
     maps = F.interpolate(onehot, size=(height, width), mode="area")
-    return _blur(maps, FEATHER * max(dims)).clamp_(0, 1)
+    return blur(maps, FEATHER * max(dims)).clamp_(0, 1)
 
 
 def keep_alpha(plan: RegionPlan, maps: torch.Tensor) -> torch.Tensor | None:

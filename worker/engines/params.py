@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from shared.estimates import PRESET_STEPS, PresetSteps
 from shared.kinds.style_transfer import MAX_STYLES, SPEC
 
 from .errors import InvalidInput
@@ -19,8 +20,10 @@ from .spec_check import check_device, check_engine_values
 
 
 @dataclass(frozen=True)
-class Preset:
-    """How many steps a preset buys and how they are spread over the scale pyramid.
+class Preset(PresetSteps):
+    """A preset as the engine runs it: the step budget and its spread over the scale
+    pyramid are shared/estimates.py's :class:`PresetSteps` (the dry run plans with the
+    same numbers), and ``average`` (Polyak averaging of the last steps) is the engine's.
 
     ``final_steps`` run at the output size; each coarser scale (√2 smaller, so about half
     the cost per step) gets ``growth`` times the steps of the next finer one.  Most steps
@@ -30,21 +33,15 @@ class Preset:
     steps from 256 to 512 px (each coarser level costs growth/2 of the finer one).
     """
 
-    final_steps: int
-    growth: float
-    min_scale: int = 128
     average: bool = False
 
-    def iterations(self, scales: int) -> int:
-        """Total steps for a pyramid of ``scales`` levels (what ``iterations=None`` means)."""
-        return round(sum(self.final_steps * self.growth**i for i in range(scales)))
 
-
+AVERAGED_PRESETS = frozenset({"quality"})
 PRESETS: dict[str, Preset] = {
-    "fast": Preset(final_steps=10, growth=1.7),
-    "balanced": Preset(final_steps=24, growth=1.7),
-    "quality": Preset(final_steps=60, growth=1.6, average=True),
+    name: Preset(steps.final_steps, steps.growth, steps.min_scale, name in AVERAGED_PRESETS)
+    for name, steps in PRESET_STEPS.items()
 }
+
 if tuple(PRESETS) != SPEC.param("preset").choices:  # the spec names them, this tunes them
     raise RuntimeError(
         f"engine presets {tuple(PRESETS)} differ from the style_transfer spec's "
@@ -98,6 +95,7 @@ class StyleParams:
     color_only: bool = False
     histogram_weight: float = 0.0
     mask_styles: tuple[str, ...] | None = None  # colour:target pairs (shared spec's format)
+    protect_faces: bool = bool(SPEC.param("protect_faces").default)  # faces.py
 
     def as_dict(self) -> dict:
         data = asdict(self)

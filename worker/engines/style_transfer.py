@@ -15,6 +15,11 @@ Colour tools and masks (shared/kinds/style_transfer.py documents the fields):
 any network is loaded; a ``mask`` turns the style term into per-region losses
 (``masks.py``) and composites ``keep`` regions from the content inside every step.
 
+Faces (``faces.py``): with ``protect_faces`` the content is searched for faces once,
+before the first scale, and the content loss weighs more inside them and inside the
+optional ``protect`` mask; the boxes go into the metrics.  A run that protects nothing
+(no face found, no mask) computes exactly what an unprotected run does.
+
 Resume (checkpoint.py): with ``on_checkpoint`` the run hands out its state as bytes at
 every scale boundary and every ``checkpoint_seconds`` inside a scale; given those bytes
 back as ``checkpoint``, a run with the same params and inputs continues from there and,
@@ -37,7 +42,7 @@ from shared.errors import InputError
 from shared.kinds.style_transfer import SPEC, check_mask
 
 from . import checkpoint as checkpoints
-from . import colour, cpu_share, imaging, masks, planning
+from . import colour, cpu_share, faces, imaging, masks, planning
 from .errors import InvalidInput, OutOfMemory
 from .lbfgs import LBFGS
 from .losses import (
@@ -135,6 +140,7 @@ class _Job:
     plan: masks.RegionPlan | None = None  # the mask's regions at the output size
     keep: torch.Tensor | None = None  # this scale's share of content per pixel (keep regions)
     region_shares: list[float] = field(default_factory=list)
+    protection: faces.Protection | None = None  # faces and the protect mask (faces.py)
     checkpointer: checkpoints.Checkpointer | None = None
     scale_log: list[dict] = field(default_factory=list)
 
@@ -287,7 +293,12 @@ def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Ten
         regions = masks.region_targets(
             job.plan, maps, style_grams, grams, content_feats, job.layers
         )
-    targets = make_targets(content_feats, grams, job.layers, histograms=tables, regions=regions)
+    protect = None
+    if job.protection is not None:
+        protect = job.protection.at(content_feats[job.layers.content].shape[-2:])
+    targets = make_targets(
+        content_feats, grams, job.layers, histograms=tables, regions=regions, protect=protect
+    )
     return targets, content
 
 
@@ -394,14 +405,12 @@ def _optimise_scale(
         terms = loss_terms(job.features(view), view, targets)
         loss = p.content_weight * terms.content + style_weight * terms.style
         loss = loss + p.tv_weight * terms.tv
-        histogram = terms.histogram
-        if histogram is not None:
-            loss = loss + p.histogram_weight * histogram
-            histogram = histogram.detach()
+        if terms.histogram is not None:
+            loss = loss + p.histogram_weight * terms.histogram
+        if terms.protect is not None:
+            loss = loss + p.content_weight * terms.protect
         loss.backward()
-        job.terms = LossTerms(
-            terms.content.detach(), terms.style.detach(), terms.tv.detach(), histogram
-        )
+        job.terms = terms.detach()
         return loss
 
     def render() -> Image.Image:
@@ -456,6 +465,8 @@ def _checkpoint(
     if job.terms is not None:
         t = job.terms
         terms = {"content": t.content, "style": t.style, "tv": t.tv, "histogram": t.histogram}
+        if t.protect is not None:
+            terms["protect"] = t.protect
     return checkpoints.Checkpoint(
         fingerprint=job.checkpointer.fingerprint,
         scale=scale,
@@ -525,6 +536,7 @@ def stylize(
     on_progress: Callable[[StyleProgress], None] | None = None,
     precision: str = "auto",
     mask: Image.Image | None = None,
+    protect: Image.Image | None = None,
     checkpoint: bytes | None = None,
     on_checkpoint: Callable[[bytes], None] | None = None,
     checkpoint_seconds: float = 30.0,
@@ -535,7 +547,9 @@ def stylize(
     ``params`` comes from ``StyleParams.resolve(len(styles), ...)`` (None: every default,
     a drawn seed); ``precision`` (auto, fp32, bf16) is how to compute, not what, so it is
     not a job parameter.  ``mask`` is the region mask that ``params.mask_styles`` maps
-    (masks.py); with ``params.color_only`` no network runs at all.
+    (masks.py); ``protect`` is the optional protect mask (bright: keep the content, as
+    ``params.protect_faces`` does for faces; faces.py); with ``params.color_only`` no
+    network runs at all and faces are not looked for.
     ``on_checkpoint`` receives the run's state as bytes at every scale boundary and,
     inside a scale, every ``checkpoint_seconds`` (or every ``checkpoint_steps`` steps,
     a trigger without a clock); ``checkpoint`` is such bytes from an earlier run of the
@@ -556,6 +570,7 @@ def stylize(
             "styles",
         )
     _check_mask_fields(params, mask, len(styles))
+    _check_protect(params, protect)
     content_rgb = imaging.to_rgb(content, "content")
     style_rgbs = [imaging.to_rgb(s, f"styles[{i}]") for i, s in enumerate(styles)]
     dev = _resolve_device(params.device)
@@ -569,9 +584,14 @@ def stylize(
     plan = None
     if mask is not None:
         plan = masks.plan_regions(mask, dims[-1], params.mask_styles or (), dev)
+    protection = None
+    if params.protect_faces or protect is not None:
+        protection = faces.plan_protection(
+            content_rgb, dims[-1], faces=params.protect_faces, mask=protect, device=dev
+        )
     resume, checkpointer = _checkpointing(
         params,
-        (content_rgb, style_rgbs, mask),
+        (content_rgb, style_rgbs, mask, protect),
         (dims, steps, dev, bf16),
         checkpoint,
         on_checkpoint,
@@ -592,6 +612,7 @@ def stylize(
             on_progress,
             started,
             plan=plan,
+            protection=protection,
             resume=resume,
             checkpointer=checkpointer,
         )
@@ -619,6 +640,7 @@ def _run(
     callback: Callable[[StyleProgress], None] | None,
     started: float,
     plan: masks.RegionPlan | None = None,
+    protection: faces.Protection | None = None,
     resume: checkpoints.Checkpoint | None = None,
     checkpointer: checkpoints.Checkpointer | None = None,
 ) -> StyleResult:
@@ -643,6 +665,7 @@ def _run(
         total=sum(steps),
         spare_bytes=spare,
         plan=plan,
+        protection=protection,
         checkpointer=checkpointer,
     )
     image: torch.Tensor | None = None
@@ -686,7 +709,7 @@ def _run(
 
 def _checkpointing(
     params: StyleParams,
-    inputs: tuple[Image.Image, list[Image.Image], Image.Image | None],
+    inputs: tuple[Image.Image, list[Image.Image], Image.Image | None, Image.Image | None],
     run: tuple[list[tuple[int, int]], list[int], torch.device, bool],
     data: bytes | None,
     sink: Callable[[bytes], None] | None,
@@ -698,13 +721,14 @@ def _checkpointing(
     the input sizes and the scale plan, so no other run's state is ever taken."""
     if data is None and sink is None:
         return None, None
-    content, styles, mask = inputs
+    content, styles, mask, protect = inputs
     dims, scale_steps, dev, bf16 = run
     key = checkpoints.fingerprint(
         params.as_dict(),
         content=list(content.size),
         styles=[list(s.size) for s in styles],
         mask=None if mask is None else list(mask.size),
+        protect=None if protect is None else list(protect.size),
         dims=[list(d) for d in dims],
         steps=list(scale_steps),
         device=dev.type,
@@ -746,7 +770,9 @@ def _restore(job: _Job, resume: checkpoints.Checkpoint) -> int:
             key: None if value is None else value.to(job.device)
             for key, value in resume.terms.items()
         }
-        job.terms = LossTerms(terms["content"], terms["style"], terms["tv"], terms["histogram"])
+        job.terms = LossTerms(
+            terms["content"], terms["style"], terms["tv"], terms["histogram"], terms.get("protect")
+        )
     if resume.rng is not None:
         torch.set_rng_state(resume.rng)
     return resume.scale
@@ -776,9 +802,13 @@ def _metrics(job: _Job, scale_log: list[dict], started: float) -> dict:
         }
         if terms.histogram is not None:
             losses["histogram"] = float(terms.histogram)
+        if terms.protect is not None:
+            losses["protect"] = float(terms.protect)
     extra = {}
     if job.plan is not None:
         extra["regions"] = job.plan.describe(job.region_shares)
+    if job.protection is not None:
+        extra.update(job.protection.describe())
     return {
         "params": job.params.as_dict(),
         "seed": job.params.seed,
@@ -799,6 +829,18 @@ def _check_mask_fields(params: StyleParams, mask: Image.Image | None, styles: in
         raise InvalidInput(f"mask must be a PIL image, got {type(mask).__name__}", "mask")
     try:
         check_mask(params.as_dict(), 0 if mask is None else 1, styles)
+    except InputError as exc:
+        raise InvalidInput(exc.message, exc.field) from None
+
+
+def _check_protect(params: StyleParams, protect: Image.Image | None) -> None:
+    """A protect mask is an image, and only an optimising run can keep anything."""
+    if protect is None:
+        return
+    if not isinstance(protect, Image.Image):
+        raise InvalidInput(f"protect must be a PIL image, got {type(protect).__name__}", "protect")
+    try:
+        SPEC.check(params.as_dict(), {"style": len(params.style_weights), "protect": 1})
     except InputError as exc:
         raise InvalidInput(exc.message, exc.field) from None
 

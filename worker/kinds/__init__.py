@@ -6,9 +6,9 @@ the progress callback, stores its outputs with ``ctx.store_output`` and returns 
 summary that goes into the job's metrics. Everything else (claim, heartbeat, the end
 states, hand-back, webhooks) is worker/runner.py's, the same for every kind.
 
-The built-in kinds' modules (worker/kinds/style_transfer.py, fine_tune.py, predict.py)
-are imported when a job of that kind first runs, so the engines and torch load inside a
-job, as they always have. A deployment's own kind calls :func:`register_runner` from a
+The built-in kinds' modules (worker/kinds/style_transfer.py, fine_tune.py, predict.py,
+sweep.py) are imported when a job of that kind first runs, so the engines and torch
+load inside a job, as they always have. A deployment's own kind calls :func:`register_runner` from a
 module named in ATELIER_KIND_MODULES, next to its ``shared.kinds.register`` call.
 """
 
@@ -122,7 +122,7 @@ class KindRunner:
 
 # kind -> its runner, or the module that defines it as ``RUNNER`` (imported on first use)
 RUNNERS: dict[str, KindRunner | str] = {
-    kind: f"worker.kinds.{kind}" for kind in ("style_transfer", "fine_tune", "predict")
+    kind: f"worker.kinds.{kind}" for kind in ("style_transfer", "fine_tune", "predict", "sweep")
 }
 
 

@@ -6,6 +6,15 @@ records them in ``metrics.json``. The trained network is then exported to model.
 and a TorchScript file (worker/engines/export.py) so it can leave the service, unless the
 ``export`` param asks for fewer; a format that fails is recorded in ``metrics["export"]``
 and the job still succeeds with model.pt.
+
+Resume: full and gradual runs checkpoint at the end of a network epoch (weights,
+optimiser, step counter, best epoch, RNG states; worker/engines/checkpoint.py), at every
+epoch that ends ``ATELIER_CHECKPOINT_SECONDS`` or more after the last one, stored and read
+exactly as a style job's (shared/checkpoints.py: ``checkpoint-<attempt>.pt``
+next to the job's attempt prefixes), so a job requeued after a lost worker, a fenced-off
+attempt or a drain continues after its last whole epoch. A linear probe writes none.
+The checkpoints stay while the job goes on elsewhere (Drained, Superseded), and are
+deleted when it ends here: succeeded, failed or canceled.
 """
 
 from __future__ import annotations
@@ -18,9 +27,12 @@ from typing import TYPE_CHECKING, Any
 from shared.archives import SafeArchive, file_names
 from shared.dataset_layout import DatasetLayout, plan_layout
 from shared.errors import InputError
+from shared.states import Superseded
 from worker.engines.errors import InvalidInput
 from worker.engines.finetune_report import model_card
 from worker.kinds import KindRunner, RunContext, image_limits
+from worker.kinds.checkpoints import checkpoint_sink, delete_checkpoints, read_checkpoint
+from worker.progress import Drained
 
 if TYPE_CHECKING:  # the engines (and torch) load only inside a job
     from worker.engines.datasets import ImageDataset
@@ -51,6 +63,19 @@ def load_dataset(data: bytes) -> tuple[ImageDataset, DatasetLayout]:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     """Train on the uploaded archive; store model.pt, metrics.json and model_card.md."""
+    try:
+        summary = _train_and_store(ctx)
+    except (Drained, Superseded):
+        raise  # the job goes on elsewhere: its checkpoints are what it continues from
+    except Exception:
+        delete_checkpoints(ctx)  # canceled or failed: the job ends here
+        raise
+    delete_checkpoints(ctx)
+    return summary
+
+
+def _train_and_store(ctx: RunContext) -> dict[str, Any]:
+    """Train (from the job's newest checkpoint when there is one), export, store."""
     from worker.engines.finetune import FinetuneConfig, FinetuneProgress, fine_tune
 
     dataset, layout = load_dataset(ctx.read(ctx.inputs["dataset"][0]))
@@ -77,7 +102,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
             force=p.step == p.total,
         )
 
-    result = fine_tune(dataset, config, on_progress=on_progress)
+    result = fine_tune(
+        dataset,
+        config,
+        on_progress=on_progress,
+        checkpoint=read_checkpoint(ctx),
+        on_checkpoint=checkpoint_sink(ctx),
+        checkpoint_seconds=ctx.settings.checkpoint_seconds,
+    )
 
     def on_export(fmt: str) -> None:  # the stage shows, and a cancel stops the export
         ctx.report(**last, stage=f"exporting {fmt}", loss=None, force=True)
@@ -105,6 +137,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "unreadable": result.metrics["dataset"]["unreadable"],
         "seed": result.config.seed,
         "engine_seconds": result.metrics["timings"]["seconds"],
+        "checkpoints": result.metrics.get("checkpoints"),
     }
 
 

@@ -2,8 +2,9 @@
 
 The parameters are the ones shared/kinds/style_transfer.py defines; the engine resolves
 the rest (preset, weights from strength) and its ``metrics`` record every value it used,
-which go into ``metrics.json`` as they are.  A ``color_only`` job takes the same path:
-the engine recolours without loading a network and the outputs are stored as usual.
+which go into ``metrics.json`` as they are (with ``protect_faces``, the face boxes the
+engine found, worker/engines/faces.py).  A ``color_only`` job takes the same path: the
+engine recolours without loading a network and the outputs are stored as usual.
 
 Resume: the engine's checkpoints (worker/engines/checkpoint.py) are stored at
 ``jobs/<id>/checkpoint-<attempt>.pt``, outside every attempt's prefix (a drained job's
@@ -20,15 +21,14 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import InputError
 from shared.images import load_rgb
 from shared.states import Superseded
-from shared.storage import job_key
 from worker.engines.errors import InvalidInput
 from worker.kinds import KindRunner, RunContext
+from worker.kinds.checkpoints import checkpoint_sink, delete_checkpoints, read_checkpoint
 from worker.progress import Drained
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     styles = [_image(ctx, "style", name) for name in ctx.inputs.get("style", [])]
     mask_names = ctx.inputs.get("mask", [])
     mask = _image(ctx, "mask", mask_names[0]) if mask_names else None
+    protect_names = ctx.inputs.get("protect", [])
+    protect = _image(ctx, "protect", protect_names[0]) if protect_names else None
     params = StyleParams.resolve(
         len(styles), masks=len(mask_names), **ctx.engine_params(), device=ctx.settings.device
     )
@@ -95,8 +97,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
             params,
             on_progress=on_progress,
             mask=mask,
+            protect=protect,
             checkpoint=read_checkpoint(ctx),
-            on_checkpoint=_checkpoint_sink(ctx),
+            on_checkpoint=checkpoint_sink(ctx),
             checkpoint_seconds=ctx.settings.checkpoint_seconds,
         )
     except (Drained, Superseded):
@@ -127,52 +130,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "losses": result.metrics.get("losses"),
         "checkpoints": result.metrics.get("checkpoints"),
     }
-
-
-def checkpoint_key(job_id: str, attempt: int) -> str:
-    """Where ``attempt`` of the job keeps its checkpoint (not under an attempt prefix)."""
-    return job_key(job_id, f"checkpoint-{int(attempt)}.pt")
-
-
-def read_checkpoint(ctx: RunContext) -> bytes | None:
-    """The newest checkpoint of this attempt or an earlier one; None when there is none
-    or storage fails (the run then starts over, which is never wrong, only slower)."""
-    for attempt in range(ctx.fence.attempt, 0, -1):
-        key = checkpoint_key(ctx.job_id, attempt)
-        try:
-            if not ctx.storage.exists(key):
-                continue
-            with ctx.storage.open(key) as handle:
-                data = handle.read()
-        except Exception:
-            log.warning("job %s: could not read %s; starting over", ctx.job_id, key, exc_info=True)
-            return None
-        log.info("job %s attempt %d continues from %s", ctx.job_id, ctx.fence.attempt, key)
-        return data
-    return None
-
-
-def delete_checkpoints(ctx: RunContext) -> None:
-    """Remove every attempt's checkpoint of the job, best effort."""
-    for attempt in range(1, ctx.fence.attempt + 1):
-        try:
-            ctx.storage.delete_prefix(checkpoint_key(ctx.job_id, attempt))
-        except Exception:
-            log.warning("job %s: could not delete a checkpoint", ctx.job_id, exc_info=True)
-
-
-def _checkpoint_sink(ctx: RunContext) -> Callable[[bytes], None]:
-    """Stores the engine's checkpoint bytes as this attempt's; a failed write is logged,
-    not fatal (the job goes on, with an older checkpoint or none to resume from)."""
-    key = checkpoint_key(ctx.job_id, ctx.fence.attempt)
-
-    def store(data: bytes) -> None:
-        try:
-            ctx.storage.put_bytes(key, data)
-        except Exception:
-            log.warning("job %s: could not store its checkpoint", ctx.job_id, exc_info=True)
-
-    return store
 
 
 def _save_before_hand_back(ctx: RunContext, progress: StyleProgress) -> None:
