@@ -43,6 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_spec_options(parser, SPEC)
     mask_doc = next(f.doc for f in SPEC.files if f.name == "mask")
     parser.add_argument("--mask", type=Path, default=None, help=f"{mask_doc}; needs --mask-styles")
+    protect_doc = next(f.doc for f in SPEC.files if f.name == "protect")
+    parser.add_argument("--protect", type=Path, default=None, help=protect_doc)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--precision",
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         content = _open(args.content)
         styles = [_open(path) for path in args.styles]
         mask = None if args.mask is None else _open(args.mask)
+        protect = None if args.protect is None else _open(args.protect)
     except (OSError, UnidentifiedImageError) as exc:
         print(f"error (invalid_input): cannot read image: {exc}", file=sys.stderr)
         return EXIT_INVALID_INPUT
@@ -98,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
         params = StyleParams.resolve(len(styles), masks=masks, device=args.device, **overrides)
         progress = None if args.quiet else ProgressBar(_describe)
         return stylize(
-            content, styles, params, on_progress=progress, precision=args.precision, mask=mask
+            content,
+            styles,
+            params,
+            on_progress=progress,
+            precision=args.precision,
+            mask=mask,
+            protect=protect,
         )
 
     result, code = run_engine(call)

@@ -144,3 +144,16 @@ def test_standalone_module_in_a_subprocess(tmp_path, content, style):
     with Image.open(out) as image:
         assert image.size == (32, 24)
     assert json.loads((tmp_path / "m.json").read_text())["params"]["iterations"] == 2
+
+
+def test_a_protect_image_reaches_the_engine(tmp_path, content, style):
+    content.save(tmp_path / "c.png")
+    style.save(tmp_path / "s.png")
+    Image.new("L", content.size, 255).save(tmp_path / "protect.png")  # protect everything
+    out = tmp_path / "result.png"
+    argv = ["stylize", str(tmp_path / "c.png"), str(tmp_path / "s.png"), "-o", str(out)]
+    argv += ["--size", "48", "--iterations", "2", "--seed", "1", "--device", "cpu", "--quiet"]
+    args = _parser().parse_args([*argv, "--protect", str(tmp_path / "protect.png")])
+    assert args.func(args) == 0
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["protect"]["mask_share"] > 0.9  # the engine weighed the whole picture
