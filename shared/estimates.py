@@ -3,11 +3,12 @@
 Torch-free, so the web side can answer a dry run (web/dry_run.py) without loading the
 engines. The memory arithmetic is the engine's own: worker/engines/planning.py imports
 :func:`estimate_bytes` and the scale-pyramid rules from here, so both sides compute one
-fact. The time model is linear per kind and device class,
+fact. The time model is a power law per kind and device class (a :class:`Line` in
+log-log space),
 
-* style_transfer: ``seconds ≈ a + b × pixel-steps`` (Σ over the scale plan of w·h·steps),
-* fine_tune: ``seconds ≈ a + b × image-passes`` (images × (image_size/224)² × passes),
-* any other kind: ``seconds ≈ a + b × uploaded files``,
+* style_transfer: ``seconds ≈ a × pixel-steps^b`` (Σ over the scale plan of w·h·steps),
+* fine_tune: ``seconds ≈ a × image-passes^b`` (images × (image_size/224)² × passes),
+* any other kind: ``seconds ≈ a × uploaded files^b``,
 
 with ``a, b`` fit by least squares on finished jobs' recorded metrics (web/dry_run.py
 collects them) and built-in defaults, measured on the shared 2-core CPU this project is
@@ -132,30 +133,40 @@ def finetune_bytes(batch_size: int, image_size: int, bf16: bool) -> int:
 
 @dataclass(frozen=True)
 class Line:
-    """``seconds = intercept + slope × work``; ``jobs`` is how many it was fit on (0: the
-    built-in default)."""
+    """A straight line in log-log space, ``log(seconds) = intercept + slope × log(work)``,
+    i.e. ``seconds = e^intercept × work^slope``; ``jobs`` is how many it was fit on (0: the
+    built-in default).
+
+    Why log-log rather than ``seconds = a + b × work``: small jobs are dominated by fixed
+    and per-step costs and large ones by arithmetic, so a straight line fit on both is
+    pulled by the large jobs' seconds and misses the small ones by a factor (on an idle
+    2-core CPU it predicted 0 s for a 128 px job); a power law keeps the relative error
+    even across sizes, which is what "within ±30 %" measures. Work below 1 (a colour-only
+    job) counts as 1.
+    """
 
     intercept: float
     slope: float
     jobs: int = 0
 
     def seconds(self, work: float) -> float:
-        return max(self.intercept + self.slope * work, 0.0)
+        return math.exp(self.intercept + self.slope * math.log(max(work, 1.0)))
 
 
-# Built-in coefficients. CPU: the least-squares lines of benchmarks/estimate_accuracy.py
-# over all its jobs on the shared 2-core CPU (AMD EPYC, load average ~6 from neighbours;
-# benchmarks/results/estimate_accuracy.json): style ≈ 1.4 s + 2.0e-4 s per pixel-step,
-# fine-tune ≈ 3.1 s + 2.9 s per 224 px image pass (linear probe, VGG19). CUDA: not
-# measured here; assumed 40x (style) and 20x (fine-tune) faster per unit of work, with a
-# longer start, until finished CUDA jobs refit them.
+# Built-in coefficients. CPU: the log-log least-squares lines of
+# benchmarks/estimate_accuracy.py over all its jobs on the 2-core development CPU while it
+# was otherwise idle (benchmarks/results/estimate_accuracy.json). CUDA: not measured here;
+# assumed 40x (style) and 20x (fine-tune) faster for the same work until finished CUDA
+# jobs refit them. Other kinds: ~2 s per uploaded file on the CPU.
+_STYLE_CPU = (-11.60, 1.019)
+_FINETUNE_CPU = (-0.103, 0.327)
 DEFAULT_LINES: dict[tuple[str, str], Line] = {
-    ("style_transfer", "cpu"): Line(1.4, 2.0e-4),
-    ("style_transfer", "cuda"): Line(4.0, 2.0e-4 / 40),
-    ("fine_tune", "cpu"): Line(3.1, 2.9),
-    ("fine_tune", "cuda"): Line(6.0, 2.9 / 20),
-    ("*", "cpu"): Line(2.0, 0.5),
-    ("*", "cuda"): Line(4.0, 0.05),
+    ("style_transfer", "cpu"): Line(*_STYLE_CPU),
+    ("style_transfer", "cuda"): Line(_STYLE_CPU[0] - math.log(40), _STYLE_CPU[1]),
+    ("fine_tune", "cpu"): Line(*_FINETUNE_CPU),
+    ("fine_tune", "cuda"): Line(_FINETUNE_CPU[0] - math.log(20), _FINETUNE_CPU[1]),
+    ("*", "cpu"): Line(math.log(2.0), 1.0),
+    ("*", "cuda"): Line(math.log(0.2), 1.0),
 }
 
 
@@ -178,17 +189,19 @@ def device_class(device: str | None) -> str | None:
 
 
 def least_squares(points: Sequence[tuple[float, float]]) -> Line | None:
-    """The ordinary least-squares line through (work, seconds); None when it is undefined
-    or not increasing (a model that says more work is faster is worse than the default)."""
-    n = len(points)
+    """The least-squares :class:`Line` through (work, seconds) in log-log space (points
+    with work or seconds not above 0 are left out); None when it is undefined or not
+    increasing (a model that says more work is faster is worse than the default)."""
+    logs = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
+    n = len(logs)
     if n < 2:
         return None
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    mean_x = sum(x for x, _ in logs) / n
+    mean_y = sum(y for _, y in logs) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in logs)
     if sxx <= 0:
         return None
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in logs) / sxx
     if slope <= 0:
         return None
     return Line(mean_y - slope * mean_x, slope, n)

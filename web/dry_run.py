@@ -76,7 +76,7 @@ def answer(checked: Checked) -> Response:
     for device in estimates.DEVICE_CLASSES:
         line = estimates.line_for(lines, spec.name, device)
         estimate[device] = {
-            "seconds": round(line.seconds(work.amount), 1),
+            "seconds": float(f"{line.seconds(work.amount):.3g}"),  # 3 significant digits
             "peak_bytes": peak_bytes(spec.name, params, work, device),
             "fit_on_jobs": line.jobs,
         }
@@ -92,8 +92,8 @@ def answer(checked: Checked) -> Response:
         "basis": {
             "work": work.amount,
             "work_unit": work.unit,
-            "model": "seconds = intercept + slope x work, least squares per kind and device "
-            "class over finished jobs; built-in coefficients below "
+            "model": "log(seconds) = intercept + slope x log(work), least squares per kind "
+            "and device class over finished jobs; built-in coefficients below "
             f"{estimates.MIN_FIT_JOBS} jobs",
             "finished_jobs": fitted,
             "refit_seconds": REFIT_SECONDS,

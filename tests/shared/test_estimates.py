@@ -52,10 +52,21 @@ def test_the_style_plan_is_the_engines(content, fields):
     assert estimates.style_plan(recorded, content) == expected
 
 
-def test_least_squares_recovers_a_line():
-    points = [(x, 2.0 + 0.5 * x) for x in (1.0, 2.0, 5.0, 9.0)]
+def test_least_squares_recovers_a_power_law():
+    points = [(x, 3.0 * x**0.8) for x in (1.0, 2.0, 5.0, 9.0, 100.0)]
     line = estimates.least_squares(points)
-    assert line == Line(pytest.approx(2.0), pytest.approx(0.5), 4)
+    assert line.slope == pytest.approx(0.8) and line.jobs == 5
+    assert line.seconds(50.0) == pytest.approx(3.0 * 50.0**0.8)
+    assert line.seconds(0.0) == pytest.approx(3.0)  # work below 1 (colour only) counts as 1
+
+
+def test_relative_error_is_even_across_sizes():
+    """The reason for log-log: a small and a large job both within a few percent, where a
+    straight line through the same points misses the small job by a factor."""
+    points = [(w, 0.2 + w**1.1 / 1e5) for w in (4e4, 1.3e5, 3e5, 5e5, 1e6, 1.5e6)]
+    line = estimates.least_squares(points)
+    for work, seconds in points:
+        assert line.seconds(work) == pytest.approx(seconds, rel=0.2)
 
 
 def test_a_fit_needs_enough_increasing_points():
@@ -63,9 +74,11 @@ def test_a_fit_needs_enough_increasing_points():
     assert estimates.fit_lines(few) == {}
     falling = [Observation("style_transfer", "cpu", x, 10 - x) for x in (1, 2, 3, 4, 5)]
     assert estimates.fit_lines(falling) == {}
-    rising = [Observation("fine_tune", "cuda", x, 3 + 2 * x) for x in (1, 2, 3, 4)]
+    rising = [Observation("fine_tune", "cuda", x, 2 * x**1.5) for x in (1, 2, 3, 4)]
     lines = estimates.fit_lines(rising)
-    assert lines[("fine_tune", "cuda")].seconds(10) == pytest.approx(23)
+    assert lines[("fine_tune", "cuda")].seconds(10) == pytest.approx(2 * 10**1.5)
+    broken = [Observation("fine_tune", "cpu", x, 0.0) for x in (1, 2, 3, 4)]
+    assert estimates.fit_lines(broken) == {}  # no positive time: nothing to fit
 
 
 def test_lines_fall_back_to_the_kinds_default_then_the_generic_one():

@@ -151,15 +151,17 @@ def _finished_style_job(settings, pixels_side: int, steps: int, seconds: float) 
 
 
 def test_the_estimate_is_refit_from_finished_jobs(client, settings):
-    # exactly seconds = 1 + 1e-4 × pixel-steps
+    # exactly seconds = 2e-4 × pixel-steps^0.9 (a power law: shared/estimates.py)
     for side, steps in [(100, 10), (100, 30), (200, 10), (200, 20), (300, 5)]:
-        _finished_style_job(settings, side, steps, 1 + 1e-4 * side * side * steps)
+        _finished_style_job(settings, side, steps, 2e-4 * (side * side * steps) ** 0.9)
     form = style_form(tiny_png(64, 64), size="64", iterations="10", multiscale="false")
     body = client.post(DRY, data=form, content_type="multipart/form-data").get_json()
     assert body["basis"]["finished_jobs"] == 5
     assert body["estimate"]["cpu"]["fit_on_jobs"] == 5
     assert body["estimate"]["cuda"]["fit_on_jobs"] == 0  # no CUDA job finished: the default
-    assert body["estimate"]["cpu"]["seconds"] == pytest.approx(1 + 1e-4 * 64 * 64 * 10, abs=0.1)
+    assert body["estimate"]["cpu"]["seconds"] == pytest.approx(
+        2e-4 * (64 * 64 * 10) ** 0.9, rel=0.01
+    )
 
 
 def test_a_dry_run_counts_against_neither_the_rate_limit_nor_the_quota(
