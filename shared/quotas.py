@@ -22,32 +22,39 @@ ACTIVE = sorted({states.QUEUED} | states.RUNNING)
 OWNER_LOCK_SPACE = 0x41544C52  # "ATLR"
 
 
-def check_admission(session: Session, owner: str, settings: Settings) -> None:
-    """Raise 429 when the owner has too many active jobs, 503 when the queue is full.
+def check_admission(
+    session: Session, owner: str, settings: Settings, adding: int = 1, field: str | None = None
+) -> None:
+    """Raise 429 when the owner's active jobs plus ``adding`` exceed the limit, 503 when
+    the queue cannot take ``adding`` more (a sweep adds its children and itself at once);
+    ``field`` is what the refusal names.
 
     On its own this is only an early answer; :func:`admit` makes it binding.
     """
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE))
     )
-    if active >= settings.max_active_per_owner:
-        raise InputError(
-            f"you already have {active} queued or running jobs (limit "
-            f"{settings.max_active_per_owner}); wait for some to finish or cancel some",
-            status=429,
-            code="quota_exceeded",
-            retry_after=30,
+    if active + adding > settings.max_active_per_owner:
+        limit = settings.max_active_per_owner
+        message = (
+            f"you already have {active} queued or running jobs (limit {limit}); "
+            "wait for some to finish or cancel some"
+            if adding == 1
+            else f"this submit adds {adding} jobs to your {active} queued or running jobs, "
+            f"over the limit of {limit}; submit fewer or wait for some jobs to finish"
         )
+        raise InputError(message, field=field, status=429, code="quota_exceeded", retry_after=30)
     queued = session.scalar(
         select(func.count()).select_from(Job).where(Job.status == states.QUEUED)
     )
-    if queued >= settings.max_queued_total:
-        raise InputError(
-            f"the queue is full ({queued} jobs waiting); try again in a few minutes",
-            status=503,
-            code="queue_full",
-            retry_after=120,
+    if queued + adding > settings.max_queued_total:
+        message = (
+            f"the queue is full ({queued} jobs waiting); try again in a few minutes"
+            if adding == 1
+            else f"the queue has room for {max(0, settings.max_queued_total - queued)} more "
+            f"jobs, this submit adds {adding}; try again in a few minutes"
         )
+        raise InputError(message, field=field, status=503, code="queue_full", retry_after=120)
 
 
 def lock_owner(session: Session, owner: str) -> None:
@@ -81,7 +88,9 @@ def _begin_immediate(session: Session) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def admit(session: Session, owner: str, settings: Settings) -> None:
+def admit(
+    session: Session, owner: str, settings: Settings, adding: int = 1, field: str | None = None
+) -> None:
     """Lock the owner, then check the limits; the caller inserts and commits in the same
     transaction, so no other submit of this owner counts in between.
 
@@ -91,4 +100,4 @@ def admit(session: Session, owner: str, settings: Settings) -> None:
     submit of every owner).
     """
     lock_owner(session, owner)
-    check_admission(session, owner, settings)
+    check_admission(session, owner, settings, adding, field)

@@ -213,10 +213,9 @@ def submit_job(
         for stored, data in prepared.inputs:
             storage.put_bytes(job_key(job_id, stored.name), data)
         _store_child_inputs(storage, prepared, children)
-        admit(session, owner, settings)
-        if children:
-            field = sweeps.swept_field(prepared.params)
-            sweeps.check_room(session, owner, settings, len(children), field)
+        # every child counts against the quotas: a sweep is admitted whole or refused
+        field = sweeps.swept_field(prepared.params) if children else None
+        admit(session, owner, settings, adding=1 + len(children), field=field)
         _check_jobs_still_there(session, spec, prepared.params)
         job = add_job(
             session,

@@ -205,41 +205,6 @@ def plan(
 
 # --- the parent's bookkeeping (the callers commit) ----------------------------------------
 
-ACTIVE = sorted({states.QUEUED} | states.RUNNING)
-
-
-def check_room(session: Session, owner: str, settings: Settings, children: int, field: str) -> None:
-    """Every child counts against the quotas: 429 (or 503 for the global queue) naming
-    the swept list unless the parent and all its children fit. Run under the owner's
-    lock (shared.quotas.admit), in the transaction that inserts them."""
-    adding = children + 1
-    active = session.scalar(
-        select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE))
-    )
-    if active + adding > settings.max_active_per_owner:
-        raise InputError(
-            f"this sweep adds {adding} jobs ({children} children and the sweep) to your "
-            f"{active} queued or running jobs, over the limit of "
-            f"{settings.max_active_per_owner}; sweep fewer combinations or wait for some "
-            "jobs to finish",
-            field=field,
-            status=429,
-            code="quota_exceeded",
-            retry_after=30,
-        )
-    queued = session.scalar(
-        select(func.count()).select_from(Job).where(Job.status == states.QUEUED)
-    )
-    if queued + adding > settings.max_queued_total:
-        raise InputError(
-            f"the queue has room for {max(0, settings.max_queued_total - queued)} more jobs, "
-            f"this sweep adds {adding}; try again in a few minutes",
-            field=field,
-            status=503,
-            code="queue_full",
-            retry_after=120,
-        )
-
 
 def add_children(session: Session, parent: Job, children: Sequence[tuple[str, Child]]) -> None:
     """Make ``parent`` wait for ``children`` (id, plan) and insert them, in one
