@@ -5,6 +5,13 @@ function, same 4xx) and then hands the result here instead of storing it. A dry 
 writes no row, no file and no message and counts against neither the submit rate limit
 nor the quotas; it reads only the uploads' headers, as the submit does.
 
+A ``sweep`` is estimated as the jobs it would run: the sum of its children's seconds,
+each child estimated exactly as a ``style_transfer`` dry run of its params and its two
+images is, and the largest child's peak memory (its own contact sheet, a few resizes on
+the CPU, is not counted); the answer says how many ``children`` it would create, and
+its queue place, workers and ``runnable`` are its children's queue's (``runnable``
+needs the sweep's own queue served too).
+
 The answer predicts the job's seconds and peak memory per device class with the
 torch-free model of shared/estimates.py, fit on finished jobs (their row's
 ``metrics.run_seconds`` and ``metrics.device``, and the work read from their
@@ -32,13 +39,14 @@ from shared.archives import SafeArchive, file_names
 from shared.dataset_layout import plan_layout
 from shared.errors import InputError
 from shared.images import inspect_image
-from shared.jobs import file_key
+from shared.jobs import StoredFile, file_key
 from shared.kinds import KINDS
+from shared.kinds import sweep as sweeps
 from shared.models import Job, JobFile
 from shared.settings import Settings
 from shared.states import QUEUED, SUCCEEDED
 from shared.storage import open_storage
-from shared.workers import live_offers, redis_client, serving
+from shared.workers import Offer, live_offers, redis_client, serving
 from web import db
 
 if TYPE_CHECKING:  # web.submit imports this module
@@ -70,28 +78,25 @@ def answer(checked: Checked) -> Response:
     """The 200 answer for a body that passed ``web.submit.check_submission``."""
     settings, session = db.settings(), db.session()
     spec, params = checked.spec, checked.prepared.params
-    work = job_work(spec.name, params, checked.prepared.inputs, settings)
+    jobs = estimated_jobs(checked)
+    works = [job_work(job.kind, job.params, job.inputs, settings) for job in jobs]
     lines, fitted = _model(session, settings)
-    estimate = {}
-    for device in estimates.DEVICE_CLASSES:
-        line = estimates.line_for(lines, spec.name, device)
-        estimate[device] = {
-            "seconds": float(f"{line.seconds(work.amount):.3g}"),  # 3 significant digits
-            "peak_bytes": peak_bytes(spec.name, params, work, device),
-            "fit_on_jobs": line.jobs,
-        }
-    workers = _workers(settings, spec.queue)
+    estimate = {
+        device: device_estimate(lines, jobs, works, device) for device in estimates.DEVICE_CLASSES
+    }
+    work_queue = KINDS[jobs[0].kind].queue  # where the work waits: a sweep's children's
+    offers = _offers(settings)
     body = {
         "valid": True,
         "kind": spec.name,
         "params": params,
         "estimate": estimate,
-        "runnable": bool(workers["serving_queue"]),
-        "workers": workers,
-        "queue_position": queue_position(session, spec.queue),
+        "runnable": all(serving(offers, queue) for queue in {spec.queue, work_queue}),
+        "workers": _workers(offers, work_queue),
+        "queue_position": queue_position(session, work_queue),
         "basis": {
-            "work": work.amount,
-            "work_unit": work.unit,
+            "work": sum(work.amount for work in works),
+            "work_unit": works[0].unit,
             "model": "log(seconds) = intercept + slope x log(work), least squares per kind "
             "and device class over finished jobs; built-in coefficients below "
             f"{estimates.MIN_FIT_JOBS} jobs",
@@ -99,8 +104,69 @@ def answer(checked: Checked) -> Response:
             "refit_seconds": REFIT_SECONDS,
         },
     }
+    if checked.children:
+        body["children"] = len(jobs)
+        body["basis"]["sweep"] = (
+            "the sum of its children's estimates, each that of a style_transfer job of its "
+            "params (peak memory: the largest child's); its own contact sheet is not counted"
+        )
     session.rollback()  # end the reads; nothing was written
     return jsonify(body)
+
+
+@dataclass(frozen=True)
+class Estimated:
+    """One job a submit would run, as its estimate needs it: kind, params, uploads."""
+
+    kind: str
+    params: dict[str, Any]
+    inputs: list[tuple[StoredFile, bytes]]
+
+
+def estimated_jobs(checked: Checked) -> list[Estimated]:
+    """The jobs a submit would run: a sweep's children (each a style job of its own
+    params and copies of its two uploads, as it is stored), else the job itself."""
+    if not checked.children:
+        return [Estimated(checked.spec.name, checked.prepared.params, checked.prepared.inputs)]
+    data = {stored.name: payload for stored, payload in checked.prepared.inputs}
+    return [
+        Estimated(
+            sweeps.STYLE.name,
+            child.params,
+            [(mine, data[upload.name]) for mine, upload in child.files()],
+        )
+        for child in checked.children
+    ]
+
+
+def _three(value: float) -> float:
+    """3 significant digits: what a prediction of this kind can claim."""
+    return float(f"{value:.3g}")
+
+
+def device_estimate(
+    lines: dict[tuple[str, str], estimates.Line],
+    jobs: list[Estimated],
+    works: list[Work],
+    device: str,
+) -> dict[str, Any]:
+    """Seconds, peak memory and fit size on one device class for ``jobs``: the sum of
+    each job's seconds as its own dry run answers them (so a sweep's equals its children
+    submitted alone, added up), the largest job's peak (each job runs on its own), and
+    the fewest finished jobs any line used was fit on."""
+    used = [estimates.line_for(lines, job.kind, device) for job in jobs]
+    peaks = [
+        peak
+        for job, work in zip(jobs, works, strict=True)
+        if (peak := peak_bytes(job.kind, job.params, work, device)) is not None
+    ]
+    return {
+        "seconds": _three(
+            sum(_three(line.seconds(work.amount)) for line, work in zip(used, works, strict=True))
+        ),
+        "peak_bytes": max(peaks) if peaks else None,
+        "fit_on_jobs": min(line.jobs for line in used),
+    }
 
 
 @dataclass(frozen=True)
@@ -164,15 +230,18 @@ def queue_position(session: Session, queue: str) -> int:
     return int(ahead or 0) + 1
 
 
-def _workers(settings: Settings, queue: str) -> dict[str, Any]:
-    """Live worker nodes (shared/workers.py heartbeats): how many, how many consume the
-    job's queue, and the device classes those offer (``auto``: the job picks CUDA where
-    the node sees a GPU). Redis unreachable counts as none."""
+def _offers(settings: Settings) -> list[Offer | None]:
+    """Live worker nodes (shared/workers.py heartbeats); Redis unreachable counts as none."""
     try:
-        offers = live_offers(redis_client(settings.broker_url))
+        return live_offers(redis_client(settings.broker_url))
     except redis.RedisError as exc:
         log.warning("dry run could not count workers: %s", exc)
-        offers = []
+        return []
+
+
+def _workers(offers: list[Offer | None], queue: str) -> dict[str, Any]:
+    """How many live worker nodes, how many consume the job's queue, and the device
+    classes those offer (``auto``: the job picks CUDA where the node sees a GPU)."""
     takers = serving(offers, queue)
     return {
         "connected": len(offers),

@@ -184,18 +184,27 @@ DRY_RUN_SCHEMA = _object(
         "estimate": {
             "type": "object",
             "additionalProperties": _DEVICE_ESTIMATE,
-            "description": "per device class (cpu, cuda)",
+            "description": "per device class (cpu, cuda); a sweep's: the sum of its "
+            "children's seconds, each estimated as that style_transfer job alone, and the "
+            "largest child's peak memory",
+        },
+        "children": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "a sweep's only: how many child jobs it would create",
         },
         "runnable": {
             "type": "boolean",
-            "description": "a live worker consumes the job's queue",
+            "description": "a live worker consumes the job's queue (a sweep: its children's "
+            "queue and its own)",
         },
         "workers": _object(
             {
                 "connected": {"type": "integer", "description": "live worker nodes"},
                 "serving_queue": {
                     "type": "integer",
-                    "description": "live worker nodes that consume the job's queue",
+                    "description": "live worker nodes that consume the job's queue (a "
+                    "sweep: its children's)",
                 },
                 "device_classes": {
                     "type": ["array", "null"],
@@ -206,7 +215,11 @@ DRY_RUN_SCHEMA = _object(
             },
             ["connected"],
         ),
-        "queue_position": {"type": "integer", "minimum": 1},
+        "queue_position": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "the place it would take in its queue (a sweep: its children's)",
+        },
         "basis": {"type": "object", "description": "how the estimate was made"},
     },
     ["valid", "kind", "params", "estimate", "runnable", "workers", "queue_position", "basis"],

@@ -358,7 +358,8 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 
 def _cmd_list(client: Client, args: argparse.Namespace) -> int:
-    page = client.list(status=args.status, kind=args.kind, limit=args.limit, cursor=args.cursor)
+    filters = {"status": args.status, "kind": args.kind, "parent": args.parent, "limit": args.limit}
+    page = client.list(**filters, cursor=args.cursor)
     if args.json:
         _print_json(page)
         return 0
@@ -367,8 +368,9 @@ def _cmd_list(client: Client, args: argparse.Namespace) -> int:
         percent = f"{job['progress']['percent']:.0f}%"
         created = job["created_at"][:19].replace("T", " ")
         print(f"{job['id']:32}  {job['kind']:14}  {job['status']:10}  {percent:>8}  {created}")
-    if page.get("next"):
-        print(f"more: atelier list --cursor {page['next']}", file=sys.stderr)
+    if page.get("next"):  # the cursor carries no filters: the next page repeats them
+        repeat = "".join(f" --{name} {value}" for name, value in filters.items() if value)
+        print(f"more: atelier list{repeat} --cursor {page['next']}", file=sys.stderr)
     return 0
 
 
@@ -604,8 +606,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("list", parents=[common], help="jobs, newest first")
     listing.add_argument("--status")
     listing.add_argument("--kind")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=int, help="jobs per page (default: the server's)")
     listing.add_argument("--cursor", help="the next page (printed after a full page)")
+    listing.add_argument("--parent", metavar="ID", help="only the child jobs of this sweep")
     listing.set_defaults(func=run, client_func=_cmd_list)
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a job")

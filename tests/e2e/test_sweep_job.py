@@ -8,6 +8,7 @@ import io
 import json
 import zipfile
 
+import pytest
 import requests
 from PIL import Image, ImageOps
 
@@ -17,7 +18,7 @@ from shared.kinds.sweep import Cell
 from shared.models import Job
 from tests.conftest import tiny_png, wait_for
 from worker.dispatcher import dispatch, hand_over_sweeps, make_sender
-from worker.kinds.sweep import BACKGROUND, cell_origin, sheet_size
+from worker.kinds.sweep import BACKGROUND, ChildResult, cell_origin, sheet_size
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -127,7 +128,8 @@ def test_the_dispatcher_hands_over_a_sweep_whose_hand_over_was_lost(
     live_server, e2e_worker, e2e_settings
 ):
     """The children end but the process that ended the last one dies before handing the
-    sweep over: the dispatcher's pass does, once; the worker then runs the sweep once."""
+    sweep over: the dispatcher's pass does, once; the worker then runs the sweep once,
+    and as every child was canceled, the sweep ends canceled too (not failed)."""
     settings = e2e_settings
     with session_scope(settings.database_url) as session:  # hold the children back
         fairness.pause(session, "gpu", by="test")
@@ -149,15 +151,14 @@ def test_the_dispatcher_hands_over_a_sweep_whose_hand_over_was_lost(
     sender = make_sender(settings)
     wait_for(lambda: dispatch(settings, sender), timeout=20, interval=0.5)  # publishes it
     done = poll(live_server, parent["id"], timeout=60)
-    assert done["status"] == "failed" and done["attempts"] == 1
-    assert done["error"]["code"] == "internal"
-    assert "none of the sweep's 2 child jobs has a result (2 canceled)" in done["error"]["message"]
+    assert done["status"] == "canceled" and done["attempts"] == 1, "every child was canceled"
+    assert done["error"] is None and done["started_at"] is not None, "it ran, then ended so"
     assert hand_over_sweeps(settings) == []
 
 
 def test_a_cell_without_a_result_says_why():
     """The sheet alone: a failed and a canceled child show their status, in grid order."""
-    from worker.kinds.sweep import EMPTY, ChildResult, contact_sheet
+    from worker.kinds.sweep import EMPTY, contact_sheet
 
     cells = [Cell(0, 0, s, "fast") for s in (0.2, 0.5, 0.8)]
     children = [
@@ -180,3 +181,35 @@ def test_a_cell_without_a_result_says_why():
     failed_text = sheet.crop((x0, y, x0 + 96, y + 96)).tobytes()
     x1, _ = cell_origin(0, 2, 96)
     assert failed_text != sheet.crop((x1, y, x1 + 96, y + 96)).tobytes(), "different words"
+
+
+def _child(status: str, code: str | None = None) -> ChildResult:
+    return ChildResult(
+        status + (code or ""), status, code, f"{code} here" if code else None, None, None
+    )
+
+
+@pytest.mark.parametrize(
+    ("statuses", "ends"),
+    [
+        ([("canceled",), ("canceled",)], ("canceled", None)),
+        ([("canceled",), ("deleted",)], ("canceled", None)),
+        ([("canceled",), ("failed", "out_of_memory"), ("failed", "timeout")],
+         ("failed", "out_of_memory")),
+        ([("deleted",), ("failed", "attempts_exhausted")], ("failed", "attempts_exhausted")),
+        ([("succeeded",), ("canceled",)], ("failed", "internal")),  # its result unreadable
+    ],
+)  # fmt: skip
+def test_a_sweep_without_results_ends_by_what_its_children_did(statuses, ends):
+    """All withdrawn (canceled or deleted): canceled; any failed: the first failure's code;
+    ``internal`` only when a succeeded child's result could not be read."""
+    from worker.engines.errors import Canceled
+    from worker.kinds.sweep import NoChildSucceeded, _nothing_succeeded
+
+    raised = _nothing_succeeded([_child(*s) for s in statuses])
+    if ends[0] == "canceled":
+        assert isinstance(raised, Canceled)
+    else:
+        assert isinstance(raised, NoChildSucceeded) and raised.code == ends[1]
+        assert raised.code in states.ERROR_CODES
+        assert f"none of the sweep's {len(statuses)} child jobs has a result" in str(raised)

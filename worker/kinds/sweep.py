@@ -6,8 +6,12 @@ per content and one column per style × strength/preset, in the grid order the c
 were created in, each labelled; a child that failed, was canceled or was deleted since
 shows that in its cell. ``results.zip`` holds the succeeded children's results, named
 by what they are (``content-1_style-2_strength-0.3_fast.png``). The metrics record each
-child's status. The sweep succeeds when at least one child did; otherwise it fails with
-the first failed child's error code and a message that points at the children.
+child's status. The sweep succeeds when at least one child did. When none has a result
+and none failed (every child was canceled, or deleted since), the sweep ends
+``canceled`` like its children: every one was withdrawn and nothing went wrong, and
+the runner's cancel path (``processing`` → ``canceled``) needs no new state or code.
+Otherwise it fails with the first failed child's error code and a message that points
+at the children.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from shared.db import session_scope
 from shared.jobs import file_key
 from shared.kinds import sweep as sweeps
 from shared.models import Job
-from worker.engines.errors import EngineError
+from worker.engines.errors import Canceled, EngineError
 from worker.kinds import KindRunner, RunContext
 
 MIN_CELL, MAX_CELL = 96, 256  # px: room for the labels, and a sheet that stays small
@@ -35,6 +39,7 @@ PAD = 4
 BACKGROUND = (255, 255, 255)
 EMPTY = (215, 215, 215)  # a cell with no result
 INK = (20, 20, 20)
+DELETED = "deleted"  # the status a child whose row is gone reads as
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def read_children(ctx: RunContext, ids: list[str]) -> list[ChildResult]:
         for child_id in ids:
             job = jobs.get(child_id)
             if job is None:
-                found.append(ChildResult(child_id, "deleted", None, None, None, None))
+                found.append(ChildResult(child_id, DELETED, None, None, None, None))
                 continue
             image = next(
                 (
@@ -213,7 +218,16 @@ def _child_metrics(spec: sweeps.Cell, child: ChildResult, in_sheet: bool) -> dic
     }
 
 
-def _nothing_succeeded(children: list[ChildResult]) -> NoChildSucceeded:
+# withdrawn (by a person, or a deletion by the result expiry), not failed
+WITHDRAWN = frozenset({states.CANCELED, DELETED})
+
+
+def _nothing_succeeded(children: list[ChildResult]) -> Canceled | NoChildSucceeded:
+    """What the runner raises when no child has a result: Canceled when every child was
+    canceled or deleted, else NoChildSucceeded with the first failed child's code
+    (``internal`` only for the unexplained: a succeeded child whose result is unreadable)."""
+    if all(child.status in WITHDRAWN for child in children):
+        return Canceled(f"all {len(children)} child jobs of the sweep were canceled or deleted")
     counts: dict[str, int] = {}
     for child in children:
         counts[child.status] = counts.get(child.status, 0) + 1
