@@ -2,7 +2,8 @@
 
 DATA is a directory or a .zip/.tar/.tar.gz of ``<class>/<image>`` folders (optionally
 ``train/`` and ``val/``), read by the same rules as an uploaded dataset. Outputs go to
-``--output`` (model.pt, metrics.json, model_card.md).
+``--output``: model.pt, the exported copies ``--export`` asks for (model.onnx and
+model.torchscript.pt by default, as a job makes), metrics.json and model_card.md.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from worker.local_run import (
 if TYPE_CHECKING:  # the engines (and torch) load only when a run starts
     from worker.engines.datasets import ImageDataset
     from worker.engines.finetune import FinetuneProgress
+    from worker.kinds.fine_tune import ModelOutputs
 
 PRECISIONS = ("auto", "fp32", "bf16")  # the engine's; torch-free here, a test keeps them equal
+# Job params that are not the engine's but that a local run honours as a job does.
+LOCAL_PARAMS = ("export",)
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -45,9 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=Path("finetune-out"),
-        help="folder for model.pt, metrics.json, model_card.md",
+        help="folder for model.pt, its exported copies, metrics.json, model_card.md",
     )
-    add_spec_options(parser, SPEC)
+    add_spec_options(parser, SPEC, local=LOCAL_PARAMS)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -104,29 +108,34 @@ def _dataset(path: Path) -> ImageDataset:
 
 def run(args: argparse.Namespace) -> int:
     """Run the engine for parsed ``args``; returns a process exit code."""
-    from worker.engines.finetune import FinetuneConfig, FinetuneResult, fine_tune
+    from worker.engines.finetune import FinetuneConfig, fine_tune
 
     if not args.data.exists():
         print(f"error (invalid_input): {args.data} does not exist", file=sys.stderr)
         return EXIT_INVALID_INPUT
     overrides = spec_values(args, SPEC)
 
-    def call() -> FinetuneResult:
+    def call() -> ModelOutputs:
+        from worker.kinds.fine_tune import export_formats, model_outputs
+
         config = FinetuneConfig.resolve(**overrides, device=args.device, precision=args.precision)
         progress = None if args.quiet else ProgressBar(_describe)
-        return fine_tune(_dataset(args.data), config, on_progress=progress)
+        dataset = _dataset(args.data)
+        result = fine_tune(dataset, config, on_progress=progress)
+        return model_outputs(result, dataset, export_formats(args.export))
 
-    result, code = run_engine(call)
-    if result is None:
+    made, code = run_engine(call)
+    if made is None:
         return code
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "model.pt").write_bytes(result.checkpoint)
-    (args.output / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
-    (args.output / "model_card.md").write_text(result.model_card)
+    for name, data in made.files.items():
+        (args.output / name).write_bytes(data)
+    (args.output / "metrics.json").write_text(json.dumps(made.metrics, indent=2) + "\n")
+    (args.output / "model_card.md").write_text(made.card)
     if not args.quiet:
         print(
-            f"accuracy {result.metrics['accuracy']:.4f} (epoch {result.metrics['best_epoch']})"
-            f"; wrote {args.output}/model.pt, metrics.json, model_card.md",
+            f"accuracy {made.metrics['accuracy']:.4f} (epoch {made.metrics['best_epoch']})"
+            f"; wrote {args.output}/: {', '.join([*made.files, 'metrics.json', 'model_card.md'])}",
             file=sys.stderr,
         )
     return 0

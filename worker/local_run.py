@@ -61,15 +61,18 @@ def run_engine(call: Callable[[], Result]) -> tuple[Result | None, int]:
         return None, EXIT_CANCELED
 
 
-def add_spec_options(parser: argparse.ArgumentParser, spec: KindSpec) -> None:
-    """One ``--kebab-case`` option per engine param of ``spec``, parsed like the server.
+def add_spec_options(
+    parser: argparse.ArgumentParser, spec: KindSpec, local: tuple[str, ...] = ()
+) -> None:
+    """One ``--kebab-case`` option per engine param of ``spec`` and per param named in
+    ``local`` (a job param the local command honours itself), parsed like the server.
 
     Values go through ``Param.cli_type`` (the absolute bounds, so a bad value exits 2
     naming the option before anything loads); bool params get ``--x/--no-x``.  A param
     without a fixed default stays None, which the engine resolves and records.
     """
     for param in spec.params:
-        if not param.engine:
+        if not (param.engine or param.name in local):
             continue
         flag = "--" + param.name.replace("_", "-")
         default = list(param.default) if isinstance(param.default, tuple) else param.default

@@ -185,12 +185,18 @@ def test_cli_runs_on_a_folder_and_an_archive(tmp_path, capsys):
         (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / name).write_bytes(data)
     (tmp_path / "data.zip").write_bytes(make_zip(files))
-    for source in ("data", "data.zip"):
+    written = {"none": set(), "torchscript": {"model.torchscript.pt"}}
+    for source, export in (("data", "none"), ("data.zip", "torchscript")):
         out = tmp_path / f"out-{source}"
         argv = ["finetune", str(tmp_path / source), "--image-size", "32", "--epochs", "3"]
-        code = main([*argv, "--seed", "0", "-o", str(out)])
+        code = main([*argv, "--seed", "0", "--export", export, "-o", str(out)])
         assert code == 0
-        assert {p.name for p in out.iterdir()} == {"model.pt", "metrics.json", "model_card.md"}
+        made = {p.name for p in out.iterdir()}
+        assert made == {"model.pt", "metrics.json", "model_card.md", *written[export]}
+        report = json.loads((out / "metrics.json").read_text())["export"]
+        assert set(report) == ({"torchscript"} if export == "torchscript" else set())
+    # the exported copy is the job's: its parity with model.pt is measured and recorded
+    assert report["torchscript"]["max_abs_diff"] < 1e-3 and report["torchscript"]["labels_agree"]
     err = capsys.readouterr().err
     assert "[####" in err and "accuracy" in err
     (tmp_path / "one").mkdir()

@@ -167,8 +167,13 @@ def test_finetune_refuses_unknown_names_and_devices():
 def test_every_engine_param_is_a_cli_option(module, spec):
     parser = module.configure(argparse.ArgumentParser())
     options = parser._option_string_actions
+    local = getattr(module, "LOCAL_PARAMS", ())
     for param in spec.params:
         flag = "--" + param.name.replace("_", "-")
-        assert (flag in options) == param.engine, flag
-        if param.engine:
+        offered = param.engine or param.name in local
+        assert (flag in options) == offered, flag
+        if offered:
             assert options[flag].dest == param.name
+        if param.type == "choice" and offered:  # the spec's choices and default, not a copy
+            assert list(options[flag].choices) == list(param.choices), flag
+            assert options[flag].default == param.default, flag

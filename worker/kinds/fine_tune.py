@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shared.archives import SafeArchive, file_names
@@ -37,6 +37,7 @@ from worker.progress import Drained
 if TYPE_CHECKING:  # the engines (and torch) load only inside a job
     from worker.engines.datasets import ImageDataset
     from worker.engines.export import ExportResult
+    from worker.engines.finetune import FinetuneResult
     from worker.engines.imaging import ImageLimits
 
 MODEL_FILE = "model.pt"
@@ -115,18 +116,12 @@ def _train_and_store(ctx: RunContext) -> dict[str, Any]:
         ctx.report(**last, stage=f"exporting {fmt}", loss=None, force=True)
 
     formats = export_formats(ctx.params.get("export") or "all")  # "all" before it existed
-    exported = export_model(result.checkpoint, dataset, dataset.limits, on_export, formats)
-    metrics = {
-        **result.metrics,
-        "ignored_files": len(layout.ignored),
-        "export": exported.report,
-    }
-    ctx.store_output(MODEL_FILE, result.checkpoint, "application/octet-stream")
-    for name, data in exported.files.items():
+    made = model_outputs(result, dataset, formats, on_export, ignored_files=len(layout.ignored))
+    for name, data in made.files.items():
         ctx.store_output(name, data, "application/octet-stream")
+    metrics = made.metrics
     ctx.store_output("metrics.json", json.dumps(metrics, indent=2).encode(), "application/json")
-    card = model_card(config=asdict(result.config), metrics=metrics)
-    ctx.store_output("model_card.md", card.encode(), "text/markdown")
+    ctx.store_output("model_card.md", made.card.encode(), "text/markdown")
     return {
         "device": result.config.device,
         "accuracy": result.metrics["accuracy"],
@@ -139,6 +134,32 @@ def _train_and_store(ctx: RunContext) -> dict[str, Any]:
         "engine_seconds": result.metrics["timings"]["seconds"],
         "checkpoints": result.metrics.get("checkpoints"),
     }
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """What a finished fine-tune leaves: model.pt and its exported copies (name → bytes),
+    metrics.json's content and model_card.md's text."""
+
+    files: dict[str, bytes]
+    metrics: dict[str, Any]
+    card: str
+
+
+def model_outputs(
+    result: FinetuneResult,
+    dataset: ImageDataset,
+    formats: tuple[str, ...],
+    on_export: Callable[[str], None] | None = None,
+    **metrics: Any,
+) -> ModelOutputs:
+    """Export ``result``'s network in ``formats`` and write its metrics and card; a job
+    and ``atelier finetune`` both end here, so their files cannot differ. ``metrics`` are
+    added to the engine's (before the export report)."""
+    exported = export_model(result.checkpoint, dataset, dataset.limits, on_export, formats)
+    merged = {**result.metrics, **metrics, "export": exported.report}
+    card = model_card(config=asdict(result.config), metrics=merged)
+    return ModelOutputs({MODEL_FILE: result.checkpoint, **exported.files}, merged, card)
 
 
 def export_formats(choice: str) -> tuple[str, ...]:
