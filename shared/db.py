@@ -6,9 +6,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, Select, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -72,6 +74,72 @@ def get_read_engine(url: str) -> Engine:
             _ping_idle_connections(engine)
             _read_engines[url] = engine
         return _read_engines[url]
+
+
+@contextmanager
+def pooled_driver(url: str) -> Iterator[tuple[Any, Any]]:
+    """A pooled connection of :func:`get_read_engine` as (the pool's proxy, the dialect),
+    for a read on the driver's own cursor outside any transaction.
+
+    No SQLAlchemy ``Connection`` is built: on the hottest reads (every poll of a job page,
+    every token check) its construction, isolation handling and close cost about as much
+    CPU as the query. The pool still hands the connection out, pings it and takes it back;
+    a driver error (no database, a lost connection) is raised as SQLAlchemy's, as through
+    a ``Connection``, and a lost connection leaves the pool.
+    """
+    engine = get_read_engine(url)
+    dialect = engine.dialect
+    pooled = None
+    try:
+        pooled = engine.raw_connection()
+        yield pooled, dialect
+    except dialect.loaded_dbapi.Error as error:
+        if pooled is not None and dialect.is_disconnect(error, pooled.dbapi_connection, None):
+            pooled.invalidate(error)
+        raise exc.DBAPIError.instance(
+            None, None, error, dialect.loaded_dbapi.Error, dialect=dialect
+        ) from error
+    finally:
+        if pooled is not None:
+            pooled.close()
+
+
+def read_first(url: str, statement: Select[Any], params: dict[str, Any]) -> tuple | None:
+    """The first row of a Core ``statement`` read through :func:`pooled_driver`, each value
+    decoded by its column type's own result processor (times made aware, JSON parsed), as
+    SQLAlchemy's result would. ``params`` go to the driver as they are: plain strings and
+    numbers, nothing a type must convert first."""
+    with pooled_driver(url) as (pooled, dialect):
+        sql, order, fixed, decoders = _compiled(statement, dialect)
+        values = {**fixed, **params}
+        arguments: Any = [values[name] for name in order] if order is not None else values
+        cursor = pooled.driver_connection.cursor()
+        try:
+            cursor.execute(sql, arguments)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    if row is None:
+        return None
+    decoded = list(row)
+    for i, process in decoders:
+        if decoded[i] is not None:  # every processor leaves None as it is
+            decoded[i] = process(decoded[i])
+    return tuple(decoded)
+
+
+@lru_cache(maxsize=32)
+def _compiled(statement: Select[Any], dialect: Any) -> tuple[str, Any, dict, tuple]:
+    """``statement`` as the driver's SQL text, its parameter order (None: by name), its
+    fixed parameters and (column index, result processor) for the columns that have one."""
+    compiled = statement.compile(dialect=dialect)
+    order = tuple(compiled.positiontup) if compiled.positional else None
+    fixed = {k: v for k, v in compiled.params.items() if v is not None}
+    found = (
+        (i, column.type.dialect_impl(dialect).result_processor(dialect, None))
+        for i, column in enumerate(statement.selected_columns)
+    )
+    return str(compiled), order, fixed, tuple((i, p) for i, p in found if p is not None)
 
 
 def _make_engine(url: str) -> Engine:

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
-    exc,
     exists,
     func,
     or_,
@@ -29,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from shared import fairness
-from shared.db import get_read_engine
+from shared.db import pooled_driver
 from shared.models import Job, JobFile, QueuePause
 from shared.queue import queue_for
 from shared.states import QUEUED, Fence, fenced_update
@@ -293,31 +292,15 @@ def read_job(connection: Connection, job_id: str, owner: str | None) -> JobRead 
 def read_job_pooled(database_url: str, job_id: str, owner: str | None) -> JobRead | None:
     """:func:`read_job` on a pooled connection of its own, outside any transaction.
 
-    What each poll of a job page runs. No SQLAlchemy ``Connection`` is built: its
-    construction, the isolation level it set and reset on PostgreSQL, and its close cost
-    about as much CPU as the query. The connection comes from the read engine
-    (:func:`shared.db.get_read_engine`), whose pool still hands it out, pings it and
-    takes it back. A driver error (no database, a lost connection) is raised as
-    SQLAlchemy's, as through a ``Connection``, and a lost connection leaves the pool.
+    What each poll of a job page runs, on the driver's cursor of a pooled read connection
+    (:func:`shared.db.pooled_driver`: no SQLAlchemy ``Connection``, driver errors raised
+    as SQLAlchemy's).
     """
     if not is_job_id(job_id):
         return None
-    engine = get_read_engine(database_url)
-    dialect = engine.dialect
-    pooled = None
-    try:
-        pooled = engine.raw_connection()
+    with pooled_driver(database_url) as (pooled, dialect):
         cursor = _kept_cursor(pooled) if dialect.name == "postgresql" else None
         row = _read_row_driver(pooled.driver_connection, dialect, job_id, cursor)
-    except dialect.loaded_dbapi.Error as error:
-        if pooled is not None and dialect.is_disconnect(error, pooled.dbapi_connection, None):
-            pooled.invalidate(error)
-        raise exc.DBAPIError.instance(
-            None, None, error, dialect.loaded_dbapi.Error, dialect=dialect
-        ) from error
-    finally:
-        if pooled is not None:
-            pooled.close()
     return _answer(row, owner)
 
 

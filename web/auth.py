@@ -18,7 +18,7 @@ from flask import (
 )
 
 from shared.errors import InputError
-from shared.tokens import Principal, principal_for_id, verify_token
+from shared.tokens import Principal, read_principal, read_principal_by_id, verify_token
 from web import csrf, db
 from web.security import safe_redirect_target
 
@@ -62,10 +62,11 @@ def _authenticate() -> object | None:
         g.principal, g.auth_via = _LOCAL, "off"
         return None
     token = _bearer()
-    found = verify_token(db.session(), token) if token else None
+    url = db.settings().database_url
+    found = read_principal(url, token) if token else None
     g.auth_via = "bearer"
     if found is None and "token_id" in session:
-        found = principal_for_id(db.session(), session["token_id"])
+        found = read_principal_by_id(url, session["token_id"])
         g.auth_via = "session"
         if found is None:
             session.clear()  # revoked since login
