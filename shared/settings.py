@@ -13,6 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 
 MIB = 1024 * 1024
+# batched optimisation (worker/batching.py): jobs one worker optimises together, and the
+# longest it waits for a queued job to join its lead
+BATCH_SIZE_MAX = 16
+BATCH_WAIT_MS_MAX = 200
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 
@@ -82,6 +86,11 @@ class Settings:
     # at most max_streams of them and keeps the other threads for the API
     web_threads: int = 256
     max_streams: int = 240
+    # a worker optimises up to this many queued style jobs of one shape as one batch
+    # (1: one job at a time), waiting at most batch_wait_ms for one to join (none when
+    # the queue is empty)
+    batch_size: int = 1
+    batch_wait_ms: int = 100
 
     @property
     def broker_url(self) -> str:
@@ -130,6 +139,10 @@ class Settings:
                 "ATELIER_MAX_STREAMS must be 0 or more and below ATELIER_WEB_THREADS, so "
                 "streams leave threads for the API"
             )
+        if not 1 <= self.batch_size <= BATCH_SIZE_MAX:
+            raise ValueError(f"ATELIER_BATCH_SIZE must be from 1 to {BATCH_SIZE_MAX}")
+        if not 0 <= self.batch_wait_ms <= BATCH_WAIT_MS_MAX:
+            raise ValueError(f"ATELIER_BATCH_WAIT_MS must be from 0 to {BATCH_WAIT_MS_MAX}")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ValueError("ATELIER_PUBLIC_URL must start with http:// or https://")
         return self

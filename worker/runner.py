@@ -16,6 +16,7 @@ import gc
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -40,13 +41,20 @@ log = logging.getLogger(__name__)
 # roles of the files a worker writes (the rest of a job's files are its inputs)
 
 
-def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> str | None:
+RunClaimed = Callable[[states.Fence, Settings, Storage], str | None]
+
+
+def run_job(
+    job_id: str, *, worker: str, settings: Settings | None = None, run: RunClaimed | None = None
+) -> str | None:
     """Run the job if this worker wins the claim; returns its final status.
 
     None: not ours (another worker has it, or took it over from this one: Superseded);
     ``queued``: handed back because the worker's shutdown drain ran out. Only the call
     whose own fenced transition ended the job sends the ``completed`` webhook, so a job
-    sends it once however many workers touched it.
+    sends it once however many workers touched it. ``run`` takes the claimed job from
+    there (default :func:`run_alone`); ``worker.batching.run_job`` passes the one that
+    lets queued jobs of its shape join it.
     """
     settings = settings or get_settings()
     load_modules(settings.kind_modules)  # a no-op after the worker's start-up loaded them
@@ -57,8 +65,27 @@ def run_job(job_id: str, *, worker: str, settings: Settings | None = None) -> st
         return None
     events.notify(settings, job_id, events.STATUS)  # starting
     storage = open_storage(settings.storage_url, settings)
+    return (run or run_alone)(fence, settings, storage)
+
+
+def run_alone(fence: states.Fence, settings: Settings, storage: Storage) -> str | None:
+    """The claimed job's run on its own, from its kind's runner to ``run_job``'s answer."""
+    return conclude(fence, settings, storage, lambda: _run_claimed(fence, settings, storage))
+
+
+def conclude(
+    fence: states.Fence, settings: Settings, storage: Storage, attempt: Callable[[], str]
+) -> str | None:
+    """Run ``attempt`` (what ends the claimed job: returns its terminal status) and what
+    follows a claimed job's run, whichever way it went; returns ``run_job``'s answer.
+
+    Superseded: this attempt's files go (unless the job ended on it elsewhere); Drained:
+    the job is handed back; an end here: earlier attempts' files go, the ``completed``
+    webhook is sent and a sweep whose last child this was is handed over.
+    """
+    job_id = fence.job_id
     try:
-        status = _run_claimed(fence, settings, storage)
+        status = attempt()
     except states.Superseded:
         log.warning(
             "job %s attempt %d was taken over (requeued, canceled or ended elsewhere); "
@@ -103,42 +130,45 @@ def _run_claimed(fence: states.Fence, settings: Settings, storage: Storage) -> s
     Every failure becomes a terminal state through a fenced transition, which raises
     Superseded when another attempt owns the job by then (as do the writes on the way).
     """
-    worker, kind, oom = fence.worker, None, False
+    kind, oom = None, False
     try:
-        ctx = _context(fence, settings, storage)
+        ctx = read_context(fence, settings, storage)
         kind = ctx.kind
         runner = runner_for(kind)
         if runner is None:
             log.error("job %s: no runner for kind %r on this worker", fence.job_id, kind)
-            return _fail(settings, fence, "internal", _no_runner_message(kind, worker))
+            return _fail(settings, fence, "internal", _no_runner_message(kind, fence.worker))
         with Heartbeat(settings, fence):
             metrics = runner.run(ctx)
             if ctx.outputs:
                 record_outputs(settings, fence, ctx.outputs)
-        status = _finish(settings, fence, metrics)
+        status = finish(settings, fence, metrics)
     except (states.Superseded, Drained):
         raise
-    except Canceled:
-        status = _end(settings, fence, states.CANCELED)
-    except EngineError as exc:
-        status = _fail(settings, fence, exc.code, str(exc))
-    except (MemoryError, RuntimeError) as exc:
-        oom = is_allocation_failure(exc)
-        status = (
-            _out_of_memory(settings, fence, kind, exc)
-            if oom
-            else _internal(settings, fence, worker, exc)
-        )
-    except SoftTimeLimitExceeded:
-        status = _fail(settings, fence, "timeout", timeout_message(kind, settings))
     except Exception as exc:
-        status = _internal(settings, fence, worker, exc)
+        oom = is_allocation_failure(exc)
+        status = end_on_error(settings, fence, kind, exc)
     if oom:
         release_memory()  # here, once the except clause has dropped the traceback's tensors
     return status
 
 
-def _context(fence: states.Fence, settings: Settings, storage: Storage) -> RunContext:
+def end_on_error(settings: Settings, fence: states.Fence, kind: str | None, exc: Exception) -> str:
+    """The terminal state a claimed job's run that raised ``exc`` ends in: canceled, or
+    failed with the code and message a person can act on (Superseded when the job is no
+    longer this attempt's). The caller releases memory after an allocation failure."""
+    if isinstance(exc, Canceled):
+        return _end(settings, fence, states.CANCELED)
+    if isinstance(exc, EngineError):
+        return _fail(settings, fence, exc.code, str(exc))
+    if is_allocation_failure(exc):
+        return _out_of_memory(settings, fence, kind, exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return _fail(settings, fence, "timeout", timeout_message(kind, settings))
+    return _internal(settings, fence, fence.worker, exc)
+
+
+def read_context(fence: states.Fence, settings: Settings, storage: Storage) -> RunContext:
     """The job's kind, recorded params and input files, for its runner."""
     with session_scope(settings.database_url) as session:
         job = session.get(Job, fence.job_id)
@@ -316,7 +346,8 @@ def _fail(settings: Settings, fence: states.Fence, code: str, message: str) -> s
     return states.FAILED
 
 
-def _finish(settings: Settings, fence: states.Fence, metrics: dict[str, Any]) -> str:
+def finish(settings: Settings, fence: states.Fence, metrics: dict[str, Any]) -> str:
+    """processing → succeeded with the run's metrics (and its queue and run seconds)."""
     with session_scope(settings.database_url) as session:
         job = session.get(Job, fence.job_id)
         now = utcnow()

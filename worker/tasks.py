@@ -19,8 +19,8 @@ from shared.queue import (
 )
 from shared.settings import get_settings
 from worker import webhooks
+from worker.batching import run_job as run_job_row
 from worker.celery_app import app
-from worker.runner import run_job as run_job_row
 
 log = logging.getLogger(__name__)
 

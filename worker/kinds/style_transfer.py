@@ -21,6 +21,8 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import InputError
@@ -34,7 +36,8 @@ from worker.progress import Drained
 if TYPE_CHECKING:
     from PIL import Image
 
-    from worker.engines.style_transfer import StyleProgress
+    from worker.engines.params import StyleParams
+    from worker.engines.style_transfer import StyleProgress, StyleResult
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,21 @@ def _image(ctx: RunContext, role: str, name: str) -> Image.Image:
         raise InvalidInput(exc.message, role) from None
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    """Load the images, run the style engine with progress, store result + preview."""
+@dataclass
+class StyleInputs:
+    """A job's decoded images and resolved engine params: what ``stylize`` takes, and
+    what worker/batching.py compares to decide which jobs share a batch."""
+
+    content: Image.Image
+    styles: list[Image.Image]
+    mask: Image.Image | None
+    protect: Image.Image | None
+    params: StyleParams
+
+
+def load_inputs(ctx: RunContext) -> StyleInputs:
+    """Decode the job's images and resolve its params (InvalidInput names a bad field)."""
     from worker.engines.params import StyleParams
-    from worker.engines.style_transfer import stylize
 
     content = _image(ctx, "content", ctx.inputs["content"][0])
     styles = [_image(ctx, "style", name) for name in ctx.inputs.get("style", [])]
@@ -74,7 +88,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
     params = StyleParams.resolve(
         len(styles), masks=len(mask_names), **ctx.engine_params(), device=ctx.settings.device
     )
-    ctx.mark_processing()
+    return StyleInputs(content, styles, mask, protect, params)
+
+
+def progress_callback(ctx: RunContext) -> Callable[[StyleProgress], None]:
+    """The engine's per-step callback: progress, previews, cancel and drain checks."""
 
     def on_progress(progress: StyleProgress) -> None:
         try:
@@ -89,15 +107,24 @@ def run(ctx: RunContext) -> dict[str, Any]:
             _save_before_hand_back(ctx, progress)
             raise
 
+    return on_progress
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """Load the images, run the style engine with progress, store result + preview."""
+    from worker.engines.style_transfer import stylize
+
+    inputs = load_inputs(ctx)
+    ctx.mark_processing()
     started = time.monotonic()
     try:
         result = stylize(
-            content,
-            styles,
-            params,
-            on_progress=on_progress,
-            mask=mask,
-            protect=protect,
+            inputs.content,
+            inputs.styles,
+            inputs.params,
+            on_progress=progress_callback(ctx),
+            mask=inputs.mask,
+            protect=inputs.protect,
             checkpoint=read_checkpoint(ctx),
             on_checkpoint=checkpoint_sink(ctx),
             checkpoint_seconds=ctx.settings.checkpoint_seconds,
@@ -109,6 +136,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
         # Exception here, and its checkpoint stays for the claim after the requeue)
         delete_checkpoints(ctx)
         raise
+    return store_result(ctx, result, started)
+
+
+def store_result(ctx: RunContext, result: StyleResult, started: float) -> dict[str, Any]:
+    """Store the image, ``metrics.json``, preview and thumbnail; returns the job's metrics
+    (with ``batch_size`` when the job ran in a batch). ``started``: the engine's start
+    on the monotonic clock."""
     fmt, content_type = OUTPUT_TYPES[ctx.params.get("output_format", "png")]
     buffer = io.BytesIO()
     result.image.save(buffer, fmt)
@@ -124,11 +158,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.save_preview(result.image)
     ctx.save_thumbnail(result.image)
     delete_checkpoints(ctx)
+    batch = {"batch_size": result.metrics["batch_size"]} if "batch_size" in result.metrics else {}
     return {
         "device": result.metrics.get("device"),
         "seed": result.seed,
         "losses": result.metrics.get("losses"),
         "checkpoints": result.metrics.get("checkpoints"),
+        **batch,
     }
 
 
