@@ -103,7 +103,7 @@ def style_plan(
     params: dict[str, Any], content_size: tuple[int, int]
 ) -> tuple[list[tuple[int, int]], list[int]]:
     """The scale dims and steps the style engine will run (worker/engines/style_transfer.py
-    ``_plan``), from the job's params and the content image's header size."""
+    ``plan_scales``), from the job's params and the content image's header size."""
     preset = PRESET_STEPS[params.get("preset") or "balanced"]
     sides = scale_sizes(int(params["size"]), bool(params.get("multiscale", True)), preset.min_scale)
     dims = [fit_long_side(*content_size, side) for side in sides]

@@ -44,10 +44,10 @@ def test_the_engine_plans_and_sizes_memory_with_the_same_functions():
 )
 def test_the_style_plan_is_the_engines(content, fields):
     from worker.engines.params import PRESETS, StyleParams
-    from worker.engines.style_transfer import _plan
+    from worker.engines.style_transfer import plan_scales
 
     params = StyleParams.resolve(1, seed=1, **fields)
-    expected = _plan(params, PRESETS[params.preset], Image.new("RGB", content))
+    expected = plan_scales(params, PRESETS[params.preset], Image.new("RGB", content))
     recorded = {"preset": params.preset, "multiscale": params.multiscale, **fields}
     assert estimates.style_plan(recorded, content) == expected
 

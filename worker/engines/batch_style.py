@@ -37,22 +37,22 @@ from .losses import Targets, loss_terms
 from .params import PRESETS, StyleParams
 from .style_targets import image_digest
 from .style_transfer import (
+    StyleImage,
+    StyleJob,
     StyleProgress,
     StyleResult,
-    _check_memory,
-    _cudnn_autotune,
-    _initial,
-    _intra_op_threads,
-    _Job,
-    _metrics,
-    _plan,
-    _resolve_device,
-    _scale_targets,
-    _Style,
-    _to_rgb,
-    _upsample,
-    _use_bf16,
+    check_memory,
+    cudnn_autotune,
+    initial_image,
+    intra_op_threads,
+    plan_scales,
+    resolve_device,
+    scale_targets,
+    style_metrics,
     stylize,
+    to_rgb,
+    upsample,
+    use_bf16,
 )
 from .weights import load_vgg19
 
@@ -106,9 +106,9 @@ def _plan_item(index: int, item: BatchItem, precision: str) -> _Planned | None:
     try:
         content = imaging.to_rgb(item.content, "content")
         style_rgbs = [imaging.to_rgb(s, f"styles[{i}]") for i, s in enumerate(styles)]
-        device = _resolve_device(item.params.device)
-        bf16 = _use_bf16(device, precision)
-        dims, steps = _plan(item.params, PRESETS[item.params.preset], content)
+        device = resolve_device(item.params.device)
+        bf16 = use_bf16(device, precision)
+        dims, steps = plan_scales(item.params, PRESETS[item.params.preset], content)
     except EngineError:
         return None
     params = replace(item.params, iterations=sum(steps))
@@ -210,7 +210,7 @@ def _run_batch(chunk: list[_Planned], precision: str) -> list[Outcome]:
     lead = chunk[0]
     width, height = lead.dims[-1]
     try:
-        spare = _check_memory((width, height * len(chunk)), lead.device, lead.bf16)
+        spare = check_memory((width, height * len(chunk)), lead.device, lead.bf16)
     except OutOfMemory:
         return [_run_alone(p.item, precision) for p in chunk]
     try:
@@ -240,10 +240,10 @@ class _Batch:
         self.live = list(range(len(chunk)))
         self.dims, self.steps = lead.dims, lead.steps
 
-    def _job(self, planned: _Planned) -> _Job:
+    def _job(self, planned: _Planned) -> StyleJob:
         params = planned.params
         keyed = params.preserve_color != "none"
-        return _Job(
+        return StyleJob(
             params=params,
             preset=PRESETS[params.preset],
             net=self.net,
@@ -252,7 +252,7 @@ class _Batch:
             content=planned.content,
             content_digest=image_digest(planned.content) if keyed else "",
             styles=[
-                _Style(img, w, image_digest(img), index)
+                StyleImage(img, w, image_digest(img), index)
                 for index, (img, w) in enumerate(
                     zip(planned.styles, params.style_weights, strict=True)
                 )
@@ -276,7 +276,7 @@ class _Batch:
             if not self.live:
                 break
             pixels = dims[0] * dims[1] * len(self.live)
-            with _intra_op_threads(share) as threads, _cudnn_autotune(self.device, pixels):
+            with intra_op_threads(share) as threads, cudnn_autotune(self.device, pixels):
                 images = self._optimise(images, targets, contents, steps, index + 1)
             seconds = round(time.perf_counter() - t0, 3)
             for j in self.live:
@@ -293,8 +293,8 @@ class _Batch:
                 )
         for j in self.live:
             job = self.jobs[j]
-            output = imaging.to_pil(_to_rgb(job, images[j], contents[j]))
-            metrics = {**_metrics(job, logs[j], self.started), "batch_size": len(self.jobs)}
+            output = imaging.to_pil(to_rgb(job, images[j], contents[j]))
+            metrics = {**style_metrics(job, logs[j], self.started), "batch_size": len(self.jobs)}
             self.outcomes[j] = StyleResult(image=output, seed=job.params.seed, metrics=metrics)
         assert all(outcome is not None for outcome in self.outcomes)
         return self.outcomes  # type: ignore[return-value]
@@ -314,16 +314,16 @@ class _Batch:
         for j in list(self.live):
             job = self.jobs[j]
             try:
-                targets[j], contents[j] = _scale_targets(job, dims)
+                targets[j], contents[j] = scale_targets(job, dims)
             except EngineError as exc:
                 self.outcomes[j] = exc
                 self.live.remove(j)
                 continue
             previous = images.get(j)
             if previous is None:
-                images[j] = _initial(job, contents[j])
+                images[j] = initial_image(job, contents[j])
             else:
-                images[j] = _upsample(job, previous, contents[j])
+                images[j] = upsample(job, previous, contents[j])
         return targets
 
     def _optimise(
@@ -387,9 +387,9 @@ class _Batch:
             if job.callback is None:
                 continue
 
-            def render(row: int = row, job: _Job = job, j: int = j) -> Image.Image:
+            def render(row: int = row, job: StyleJob = job, j: int = j) -> Image.Image:
                 image = optimizer.param.detach()[row : row + 1]
-                return imaging.to_pil(_to_rgb(job, image, contents[j]))
+                return imaging.to_pil(to_rgb(job, image, contents[j]))
 
             progress = StyleProgress(
                 step=job.step,

@@ -112,7 +112,7 @@ class StyleResult:
 
 
 @dataclass
-class _Style:
+class StyleImage:
     image: Image.Image
     weight: float
     digest: str
@@ -120,7 +120,7 @@ class _Style:
 
 
 @dataclass
-class _Job:
+class StyleJob:
     """State shared by the scales of one ``stylize`` call."""
 
     params: StyleParams
@@ -130,7 +130,7 @@ class _Job:
     bf16: bool
     content: Image.Image
     content_digest: str
-    styles: list[_Style]
+    styles: list[StyleImage]
     callback: Callable[[StyleProgress], None] | None
     started: float
     total: int
@@ -174,7 +174,7 @@ class _Job:
             return self.net(image, layers)
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -182,7 +182,7 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _use_bf16(device: torch.device, precision: str) -> bool:
+def use_bf16(device: torch.device, precision: str) -> bool:
     if precision not in PRECISIONS:
         raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}", "precision")
     if precision == "auto":
@@ -190,7 +190,7 @@ def _use_bf16(device: torch.device, precision: str) -> bool:
     return precision == "bf16"
 
 
-def _check_memory(dims: tuple[int, int], device: torch.device, bf16: bool) -> int:
+def check_memory(dims: tuple[int, int], device: torch.device, bf16: bool) -> int:
     """Refuse sizes the device cannot hold, before spending any time; return spare bytes."""
     need = planning.estimate_bytes(*dims, bf16=bf16)
     free = planning.available_bytes(device)
@@ -235,7 +235,7 @@ def _style_long_side(side: int) -> int:
     return max(side, MAX_SIZE)
 
 
-def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Tensor]:
+def scale_targets(job: StyleJob, dims: tuple[int, int]) -> tuple[Targets, torch.Tensor]:
     """Content features and blended style Grams at one scale, plus the content tensor."""
     content = imaging.to_tensor(
         imaging.resize(job.content, dims, max_pixels=max(dims) ** 2), job.device
@@ -262,7 +262,7 @@ def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Ten
             job.bf16,
         )
 
-        def make_input(style: _Style = style, sdims: tuple[int, int] = sdims) -> torch.Tensor:
+        def make_input(style: StyleImage = style, sdims: tuple[int, int] = sdims) -> torch.Tensor:
             x = imaging.to_tensor(
                 imaging.resize(style.image, sdims, max_pixels=_style_long_side(side) ** 2),
                 job.device,
@@ -302,14 +302,14 @@ def _scale_targets(job: _Job, dims: tuple[int, int]) -> tuple[Targets, torch.Ten
     return targets, content
 
 
-def _referenced_styles(job: _Job) -> set[int]:
+def _referenced_styles(job: StyleJob) -> set[int]:
     """Style indices that a mask region paints with (they count even at blend weight 0)."""
     if job.plan is None:
         return set()
     return {t for t in job.plan.targets if isinstance(t, int)}
 
 
-def _initial(job: _Job, content: torch.Tensor) -> torch.Tensor:
+def initial_image(job: StyleJob, content: torch.Tensor) -> torch.Tensor:
     channels = 1 if job.luminance else 3
     shape = (1, channels, *content.shape[2:])
     if job.params.init == "content":
@@ -321,7 +321,7 @@ def _initial(job: _Job, content: torch.Tensor) -> torch.Tensor:
 
 
 def _make_optimizer(
-    job: _Job, image: torch.Tensor, state: dict | None = None
+    job: StyleJob, image: torch.Tensor, state: dict | None = None
 ) -> torch.optim.Adam | LBFGS:
     """A fresh optimiser for ``image``, or one continuing from a checkpoint's ``state``."""
     optimizer: torch.optim.Adam | LBFGS
@@ -337,7 +337,7 @@ def _make_optimizer(
 
 
 @contextmanager
-def _cudnn_autotune(device: torch.device, pixels: int) -> Iterator[None]:
+def cudnn_autotune(device: torch.device, pixels: int) -> Iterator[None]:
     """cudnn.benchmark on for large CUDA scales only (see CUDNN_AUTOTUNE_MIN_PIXELS)."""
     if device.type != "cuda":
         yield
@@ -351,7 +351,7 @@ def _cudnn_autotune(device: torch.device, pixels: int) -> Iterator[None]:
 
 
 @contextmanager
-def _intra_op_threads(share: cpu_share.CoreShare | None) -> Iterator[int]:
+def intra_op_threads(share: cpu_share.CoreShare | None) -> Iterator[int]:
     """Run a CPU scale on the cores other processes left free during the previous one.
 
     On idle cores every scale uses all the configured threads; with a busy neighbour a
@@ -372,7 +372,7 @@ def _intra_op_threads(share: cpu_share.CoreShare | None) -> Iterator[int]:
 
 
 def _optimise_scale(
-    job: _Job,
+    job: StyleJob,
     image: torch.Tensor,
     targets: Targets,
     content: torch.Tensor,
@@ -414,7 +414,7 @@ def _optimise_scale(
         return loss
 
     def render() -> Image.Image:
-        return imaging.to_pil(_to_rgb(job, image.detach(), content))
+        return imaging.to_pil(to_rgb(job, image.detach(), content))
 
     def save() -> bool:
         if job.checkpointer is None:
@@ -452,7 +452,7 @@ def _optimise_scale(
 
 
 def _checkpoint(
-    job: _Job,
+    job: StyleJob,
     scale: int,
     step: int,
     image: torch.Tensor,
@@ -481,14 +481,14 @@ def _checkpoint(
     )
 
 
-def _to_rgb(job: _Job, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+def to_rgb(job: StyleJob, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     image = masks.composite(image, job.reference(content), job.keep)
     if job.luminance:
         return imaging.with_chroma(image, content).clamp(0, 1)
     return image.clamp(0, 1)
 
 
-def _upsample(job: _Job, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+def upsample(job: StyleJob, image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """Carry the result up one scale, restoring the content detail the coarse scale lacked.
 
     Plain upsampling leaves the image blurry, and the few full-size steps then spend
@@ -505,7 +505,7 @@ def _upsample(job: _Job, image: torch.Tensor, content: torch.Tensor) -> torch.Te
     return up.clamp(0, 1)
 
 
-def _plan(
+def plan_scales(
     params: StyleParams, preset: Preset, content: Image.Image
 ) -> tuple[list[tuple[int, int]], list[int]]:
     sides = planning.scale_sizes(params.size, params.multiscale, preset.min_scale)
@@ -573,14 +573,14 @@ def stylize(
     _check_protect(params, protect)
     content_rgb = imaging.to_rgb(content, "content")
     style_rgbs = [imaging.to_rgb(s, f"styles[{i}]") for i, s in enumerate(styles)]
-    dev = _resolve_device(params.device)
+    dev = resolve_device(params.device)
     if params.color_only:
         return _colour_only(params, content_rgb, style_rgbs, dev, on_progress, started)
-    bf16 = _use_bf16(dev, precision)
+    bf16 = use_bf16(dev, precision)
     preset_cfg = PRESETS[params.preset]
-    dims, steps = _plan(params, preset_cfg, content_rgb)
+    dims, steps = plan_scales(params, preset_cfg, content_rgb)
     params = replace(params, iterations=sum(steps))
-    spare = _check_memory(dims[-1], dev, bf16)
+    spare = check_memory(dims[-1], dev, bf16)
     plan = None
     if mask is not None:
         plan = masks.plan_regions(mask, dims[-1], params.mask_styles or (), dev)
@@ -647,7 +647,7 @@ def _run(
     share = cpu_share.CoreShare() if dev.type == "cpu" else None  # from here to scale 1
     net = load_vgg19(params.weights, params.pooling, dev)
     needs_content_key = params.preserve_color != "none"
-    job = _Job(
+    job = StyleJob(
         params=params,
         preset=preset,
         net=net,
@@ -656,7 +656,7 @@ def _run(
         content=content,
         content_digest=image_digest(content) if needs_content_key else "",
         styles=[
-            _Style(img, w, image_digest(img), index)
+            StyleImage(img, w, image_digest(img), index)
             for index, (img, w) in enumerate(zip(styles, params.style_weights, strict=True))
             if w > 0 or plan is not None
         ],
@@ -677,18 +677,18 @@ def _run(
         if index < first:
             continue
         t0 = time.perf_counter()
-        targets, content_t = _scale_targets(job, scale_dims)
+        targets, content_t = scale_targets(job, scale_dims)
         here = resume if resume is not None and index == first else None
         if here is not None:
             image = here.image.to(dev, copy=True)
         elif image is None:
-            image = _initial(job, content_t)
+            image = initial_image(job, content_t)
         else:
-            image = _upsample(job, image, content_t)
+            image = upsample(job, image, content_t)
             if checkpointer is not None:  # a scale boundary: the next scale's start
                 checkpointer.save(_checkpoint(job, index, 0, image, None, None))
         pixels = scale_dims[0] * scale_dims[1]
-        with _intra_op_threads(share) as threads, _cudnn_autotune(dev, pixels):
+        with intra_op_threads(share) as threads, cudnn_autotune(dev, pixels):
             image = _optimise_scale(
                 job, image, targets, content_t, scale_steps, index + 1, len(dims), here
             )
@@ -702,8 +702,8 @@ def _run(
             }
         )
     assert image is not None
-    output = imaging.to_pil(_to_rgb(job, image, content_t))
-    metrics = _metrics(job, scale_log, started)
+    output = imaging.to_pil(to_rgb(job, image, content_t))
+    metrics = style_metrics(job, scale_log, started)
     return StyleResult(image=output, seed=params.seed, metrics=metrics)
 
 
@@ -760,7 +760,7 @@ def _fits(
     return resume.step == 0 or resume.optimizer is not None
 
 
-def _restore(job: _Job, resume: checkpoints.Checkpoint) -> int:
+def _restore(job: StyleJob, resume: checkpoints.Checkpoint) -> int:
     """Put a checkpoint's run-wide state back (step count, scale log, loss terms, RNG);
     return the index of the scale it continues."""
     job.step = resume.total_step
@@ -791,7 +791,7 @@ def _checkpoint_metrics(
     }
 
 
-def _metrics(job: _Job, scale_log: list[dict], started: float) -> dict:
+def style_metrics(job: StyleJob, scale_log: list[dict], started: float) -> dict:
     terms = job.terms
     losses = {}
     if terms is not None:
