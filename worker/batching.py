@@ -30,8 +30,9 @@ import logging
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -116,44 +117,37 @@ def batch_key_of(inputs: style_kind.StyleInputs) -> Hashable | None:
 
 
 def queued_in_fair_order(session: Session, queue: str, limit: int) -> list[str]:
-    """Up to ``limit`` queued, never claimed style jobs of ``queue``, in the order
-    ``fairness.pick_next`` would serve them if nothing new arrived (the queue position's
-    prediction): higher priority first; then rounds, each owner giving its oldest job
-    per round, owners in the order of their last start on the queue (never first)."""
-    turn = (
-        func.row_number()
-        .over(partition_by=(Job.priority, Job.owner), order_by=(Job.created_at, Job.id))
-        .label("turn")
+    """Up to ``limit`` queued, never claimed style jobs of ``queue``, in the order of their
+    queue position (``fairness.position_column``: the order ``fairness.pick_next`` serves
+    if nothing new arrives), which decides it here too.
+
+    A position costs a few correlated reads, so only the jobs that can be among the first
+    ``limit`` are placed: the fair order goes by priority, then by round (a job's place
+    among its owner's queued jobs of its priority), so a job with ``limit`` such jobs in
+    earlier rounds or higher priorities is never one of them.
+    """
+    turn = func.row_number().over(
+        partition_by=(Job.priority, Job.owner), order_by=(Job.created_at, Job.id)
     )
-    ranked = (
-        select(Job.id, Job.owner, Job.priority, Job.created_at, turn)
-        .where(
-            Job.status == states.QUEUED,
-            Job.queue == queue,
-            Job.kind == KIND,
-            Job.attempts == 0,
-        )
+    waiting = (
+        select(Job.id, Job.kind, Job.attempts, Job.priority, turn.label("turn"))
+        .where(Job.status == states.QUEUED, Job.queue == queue)
         .subquery()
     )
-    rows = session.execute(select(ranked).where(ranked.c.turn <= limit)).all()
-    if not rows:
-        return []
-    owners = {row.owner for row in rows}
-    served = dict(
-        session.execute(
-            select(Job.owner, func.max(Job.started_at))
-            .where(Job.queue == queue, Job.owner.in_(owners))
-            .group_by(Job.owner)
-        ).all()
+    band = func.rank().over(order_by=(waiting.c.priority.desc(), waiting.c.turn))
+    candidates = (
+        select(waiting.c.id, band.label("band"))
+        .where(waiting.c.kind == KIND, waiting.c.attempts == 0)
+        .subquery()
     )
-    first = {(row.priority, row.owner): row.created_at for row in rows if row.turn == 1}
-
-    def order(row: Any) -> tuple:
-        oldest = first[(row.priority, row.owner)]
-        last = served.get(row.owner)
-        return (-row.priority, row.turn, last is not None, last or oldest, oldest, row.owner)
-
-    return [row.id for row in sorted(rows, key=order)[:limit]]
+    position = fairness.position_column(session.get_bind().dialect.name)
+    placed = (
+        select(Job.id, position)
+        .where(Job.id.in_(select(candidates.c.id).where(candidates.c.band <= limit)))
+        .order_by(position, Job.created_at, Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(placed))
 
 
 def _peek(fence: states.Fence, settings: Settings, storage: Storage) -> Member | None:
@@ -251,17 +245,38 @@ def _claim(candidate: Member, settings: Settings) -> Member | None:
     return member
 
 
+class _TimeLimit:
+    """Whether the task's soft time limit has landed anywhere in the batch.
+
+    Celery raises it once, wherever the main thread is: when that is one job's progress
+    callback (or its end), the engine ends only that job and the batch would run on to the
+    hard limit, which kills the worker and requeues every other job to start over. Told
+    here, each other job ends ``timeout`` at its next step, as its lone run would have.
+    """
+
+    def __init__(self) -> None:
+        self.passed = False
+
+    def note(self, exc: BaseException) -> None:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            self.passed = True
+
+
 def _run_batch(members: list[Member], settings: Settings, storage: Storage) -> str | None:
     """Optimise the claimed jobs as one batch and end each in its own state; returns the
     lead's (``members[0]``) ``run_job`` answer."""
     log.info("batch of %d jobs: %s", len(members), ", ".join(m.ctx.job_id for m in members))
+    time_limit = _TimeLimit()
     try:
         running = []
         for member in members:
             try:
+                if time_limit.passed:
+                    raise SoftTimeLimitExceeded()
                 member.ctx.mark_processing()
             except Exception as exc:
-                _end(member, exc, settings, storage, 0.0)
+                time_limit.note(exc)
+                _end(member, exc, settings, storage, 0.0, time_limit)
                 continue
             running.append(member)
         started = time.monotonic()
@@ -273,7 +288,7 @@ def _run_batch(members: list[Member], settings: Settings, storage: Storage) -> s
                     m.inputs.content,
                     m.inputs.styles,
                     m.inputs.params,
-                    _callback(m, settings, storage, started),
+                    _callback(m, settings, storage, started, time_limit),
                 )
                 for m in running
             ]
@@ -281,7 +296,7 @@ def _run_batch(members: list[Member], settings: Settings, storage: Storage) -> s
         except Exception as exc:  # the batch as a whole failed (weights, memory, time)
             outcomes = [exc] * len(running)
         for member, outcome in zip(running, outcomes, strict=True):
-            _end(member, outcome, settings, storage, started)
+            _end(member, outcome, settings, storage, started, time_limit)
     finally:
         for member in members:
             member.stop_heartbeat()
@@ -289,24 +304,32 @@ def _run_batch(members: list[Member], settings: Settings, storage: Storage) -> s
 
 
 def _callback(
-    member: Member, settings: Settings, storage: Storage, started: float
+    member: Member, settings: Settings, storage: Storage, started: float, time_limit: _TimeLimit
 ) -> Callable[[StyleProgress], None]:
     """The lone path's progress callback; what stops the job ends it at that step (the
-    engine then drops its row from the batch)."""
+    engine then drops its row from the batch), and so does the batch's soft time limit."""
     report = style_kind.progress_callback(member.ctx)
 
     def on_progress(progress: StyleProgress) -> None:
         try:
+            if time_limit.passed:
+                raise SoftTimeLimitExceeded()
             report(progress)
         except Exception as exc:
-            _end(member, exc, settings, storage, started)
+            time_limit.note(exc)
+            _end(member, exc, settings, storage, started, time_limit)
             raise
 
     return on_progress
 
 
 def _end(
-    member: Member, outcome: Outcome, settings: Settings, storage: Storage, started: float
+    member: Member,
+    outcome: Outcome,
+    settings: Settings,
+    storage: Storage,
+    started: float,
+    time_limit: _TimeLimit,
 ) -> None:
     """End one job from its outcome as its lone run would end (once). A job that cannot
     be ended (its database gone) is logged and left, as a lone run's would be, to the
@@ -319,7 +342,8 @@ def _end(
         member.status = runner.conclude(
             fence, settings, storage, lambda: _settle(member, outcome, settings, started)
         )
-    except Exception:
+    except Exception as exc:
+        time_limit.note(exc)
         member.stop_heartbeat()
         log.exception("job %s could not be ended here", fence.job_id)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from worker.batching import run_job
 
 SIZE, STEPS = 48, 8
 WAITED = "waiting"  # worker/batching.py's log line when it waits for a partner
+MAIN_THREAD = threading.main_thread()
 
 
 def _submit(client, content: bytes, seed: int, **fields) -> str:
@@ -142,6 +144,46 @@ def test_a_member_canceled_while_the_batch_runs_leaves_the_others_succeeded(clie
         assert row.progress_current == STEPS
 
 
+def _cancel_at_claim(settings, job_id: str) -> None:
+    """Flag ``job_id``'s cancel in the write that claims it: a person pressing cancel
+    after the batch took the job, before its first step."""
+    condition = f"NEW.id = '{job_id}' AND NEW.status = 'starting'"
+    with session_scope(settings.database_url) as session:
+        if settings.database_url.startswith("sqlite"):
+            session.execute(
+                text(
+                    "CREATE TRIGGER cancel_at_claim AFTER UPDATE OF status ON jobs "
+                    f"WHEN {condition} BEGIN UPDATE jobs "
+                    "SET cancel_requested_at = CURRENT_TIMESTAMP WHERE id = NEW.id; END"
+                )
+            )
+            return
+        session.execute(
+            text(
+                "CREATE FUNCTION cancel_at_claim() RETURNS trigger AS $$ BEGIN "
+                f"IF {condition} THEN NEW.cancel_requested_at := now(); "
+                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        session.execute(
+            text(
+                "CREATE TRIGGER cancel_at_claim BEFORE UPDATE OF status ON jobs "
+                "FOR EACH ROW EXECUTE FUNCTION cancel_at_claim()"
+            )
+        )
+
+
+def test_a_member_canceled_before_the_batch_starts_ends_at_its_first_step(client, settings):
+    batch = _three(client)
+    _cancel_at_claim(settings, batch[2])
+    assert run_job(batch[0], worker="batch", settings=_batched(settings)) == "succeeded"
+    first, second, canceled = _rows(settings, batch)
+    assert (canceled.status, canceled.worker, canceled.attempts) == ("canceled", "batch", 1)
+    assert canceled.progress_current == 1 and canceled.metrics is None
+    for row in (first, second):
+        assert row.status == "succeeded" and row.metrics["batch_size"] == 3
+
+
 def test_a_lone_job_with_an_empty_queue_runs_alone_without_waiting(client, settings, caplog):
     caplog.set_level(logging.INFO, logger=batching.__name__)
     job_id = _submit(client, tiny_png(48, 32), 1)
@@ -195,6 +237,45 @@ def test_candidates_come_in_fair_order(settings):
         assert batching.queued_in_fair_order(session, "gpu", 2) == [urgent, ann[0]]
 
 
+def test_candidates_keep_the_queues_own_fair_order_among_other_jobs(settings):
+    """Jobs that cannot join (another kind, a retried job) still take their owner's turn,
+    and an owner who started a job on the queue lately waits: the candidates come in the
+    order the queue itself serves them (what ``pick_next`` takes, job after job)."""
+    from datetime import timedelta
+
+    from shared import fairness
+    from shared.timeutil import utcnow
+
+    now = utcnow()
+
+    def queued(owner: str, minutes: int, **values) -> str:
+        created = now - timedelta(minutes=60 - minutes)
+        values = {"status": "queued", "queue": "gpu", "owner": owner, **values}
+        return make_job(settings, created_at=created, priority=5, **values)
+
+    make_job(settings, queue="gpu", owner="dan", started_at=now)  # dan was served lately
+    dan = [queued("dan", m) for m in (1, 2)]
+    ann_retried = queued("ann", 3, attempts=1)
+    ann = [queued("ann", m) for m in (4, 5)]
+    eve_other = queued("eve", 6, kind="finetune")
+    eve = queued("eve", 7)
+    with session_scope(settings.database_url) as session:
+        served = []  # each pick started in turn, then the whole run undone
+        while (job_id := fairness.pick_next(session, "gpu")) is not None:
+            started = now + timedelta(seconds=len(served) + 1)
+            session.execute(
+                Job.__table__.update()
+                .where(Job.id == job_id)
+                .values(status="starting", started_at=started)
+            )
+            served.append(job_id)
+        session.rollback()
+        expected = [j for j in served if j not in (ann_retried, eve_other)]
+        assert expected == [dan[0], ann[0], eve, dan[1], ann[1]]
+        assert batching.queued_in_fair_order(session, "gpu", 10) == expected
+        assert batching.queued_in_fair_order(session, "gpu", 3) == expected[:3]
+
+
 @pytest.mark.parametrize(
     ("name", "value", "ok"),
     [
@@ -243,3 +324,41 @@ def test_a_real_worker_started_on_a_queue_of_three_runs_them_as_one_batch(
     for row in _rows(settings, batch):
         assert row.status == "succeeded", (row.error_code, row.error_message)
         assert row.metrics["batch_size"] == 3 and row.worker == worker.hostname
+
+
+@contextmanager
+def _soft_time_limit_at_step(job_id: str, step: int) -> Iterator[None]:
+    """Celery's soft time limit landing in ``job_id``'s progress write of ``step`` (its
+    ``step``-th: every step writes), in the main thread, as the signal would raise it."""
+    from celery.exceptions import SoftTimeLimitExceeded
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    writes = 0
+
+    def before(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        nonlocal writes
+        values = parameters.values() if isinstance(parameters, dict) else parameters or ()
+        progress = statement.startswith("UPDATE jobs") and "progress_current" in statement
+        if progress and job_id in values and threading.current_thread() is MAIN_THREAD:
+            writes += 1
+            if writes == step:
+                raise SoftTimeLimitExceeded()
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+
+
+def test_the_soft_time_limit_in_one_members_step_ends_every_job_of_the_batch(client, settings):
+    """The limit is the task's, raised once: the batch stops, every job ends ``timeout``
+    at its next step instead of running on until the hard limit kills the worker."""
+    batch = _three(client)
+    every_step = _batched(settings, progress_interval=0.0)
+    with _soft_time_limit_at_step(batch[1], 3):
+        assert run_job(batch[0], worker="batch", settings=every_step) == "failed"
+    for row in _rows(settings, batch):
+        assert (row.status, row.error_code) == ("failed", "timeout"), row.id
+        assert row.progress_current <= 3 and row.finished_at is not None
