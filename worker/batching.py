@@ -292,7 +292,9 @@ def _run_batch(members: list[Member], settings: Settings, storage: Storage) -> s
                 )
                 for m in running
             ]
-            outcomes: list[Outcome] = stylize_batch(items, max_batch=settings.batch_size)
+            outcomes: list[Outcome] = stylize_batch(
+                items, max_batch=settings.batch_size, interrupts=(SoftTimeLimitExceeded,)
+            )
         except Exception as exc:  # the batch as a whole failed (weights, memory, time)
             outcomes = [exc] * len(running)
         for member, outcome in zip(running, outcomes, strict=True):

@@ -185,3 +185,28 @@ def test_with_onednn_a_batch_reaches_the_quality_of_its_lone_runs():
         for term in ("content", "style", "histogram"):
             ours, theirs = outcome.metrics["losses"][term], alone.metrics["losses"][term]
             assert ours == pytest.approx(theirs, rel=0.03)
+
+
+class _TimeIsUp(Exception):
+    """Stands in for a caller's time limit (Celery's SoftTimeLimitExceeded)."""
+
+
+def test_an_interrupt_in_a_lone_run_ends_the_call_not_just_that_job():
+    """A job running alone raises the caller's interrupt: without ``interrupts`` it is
+    that job's outcome and the next job still runs; with it, the whole call ends."""
+    content, style = make_content(), make_style()
+
+    def time_is_up(progress: StyleProgress) -> None:
+        if progress.step == 2:
+            raise _TimeIsUp()
+
+    def items() -> list[BatchItem]:
+        return [
+            BatchItem(content, [style], _params(1, iterations=3), time_is_up),
+            BatchItem(content, [style], _params(1, optimizer="adam", iterations=2)),
+        ]
+
+    outcomes = stylize_batch(items(), precision="fp32")
+    assert isinstance(outcomes[0], _TimeIsUp) and isinstance(outcomes[1], StyleResult)
+    with pytest.raises(_TimeIsUp):
+        stylize_batch(items(), precision="fp32", interrupts=(_TimeIsUp,))

@@ -150,14 +150,20 @@ def batch_key(
 
 
 def stylize_batch(
-    items: Sequence[BatchItem], *, precision: str = "auto", max_batch: int = 8
+    items: Sequence[BatchItem],
+    *,
+    precision: str = "auto",
+    max_batch: int = 8,
+    interrupts: tuple[type[BaseException], ...] = (),
 ) -> list[Outcome]:
     """Run ``items``, batching those with the same ``batch_key``; one outcome per item.
 
     Each outcome is the job's StyleResult, or the exception that ended it (its callback's
     Canceled, an EngineError such as InvalidInput or OutOfMemory): one job's failure is
     never another's.  Up to ``max_batch`` jobs share a step; a job alone of its kind
-    runs through ``stylize`` unchanged.
+    runs through ``stylize`` unchanged.  An exception of ``interrupts`` raised while a
+    job runs alone (a caller's time limit, which belongs to the whole call, not to the
+    job it happened to land in) is not that job's outcome: it ends the call.
     """
     outcomes: list[Outcome | None] = [None] * len(items)
     groups: dict[Hashable, list[_Planned]] = {}
@@ -174,15 +180,18 @@ def stylize_batch(
             if len(chunk) == 1:
                 lone.append(chunk[0].index)
                 continue
-            for planned, outcome in zip(chunk, _run_batch(chunk, precision), strict=True):
+            ran = _run_batch(chunk, precision, interrupts)
+            for planned, outcome in zip(chunk, ran, strict=True):
                 outcomes[planned.index] = outcome
     for index in sorted(lone):
-        outcomes[index] = _run_alone(items[index], precision)
+        outcomes[index] = _run_alone(items[index], precision, interrupts)
     assert all(outcome is not None for outcome in outcomes)
     return outcomes  # type: ignore[return-value]
 
 
-def _run_alone(item: BatchItem, precision: str) -> Outcome:
+def _run_alone(
+    item: BatchItem, precision: str, interrupts: tuple[type[BaseException], ...] = ()
+) -> Outcome:
     try:
         return stylize(
             item.content,
@@ -193,6 +202,8 @@ def _run_alone(item: BatchItem, precision: str) -> Outcome:
             protect=item.protect,
         )
     except Exception as exc:  # the job's own outcome, as in a batch
+        if isinstance(exc, interrupts):
+            raise
         return exc
 
 
@@ -205,14 +216,16 @@ def _protection(planned: _Planned) -> faces.Protection | None:
     )
 
 
-def _run_batch(chunk: list[_Planned], precision: str) -> list[Outcome]:
+def _run_batch(
+    chunk: list[_Planned], precision: str, interrupts: tuple[type[BaseException], ...]
+) -> list[Outcome]:
     """Optimise ``chunk`` together; a batch the device cannot hold runs job by job."""
     lead = chunk[0]
     width, height = lead.dims[-1]
     try:
         spare = check_memory((width, height * len(chunk)), lead.device, lead.bf16)
     except OutOfMemory:
-        return [_run_alone(p.item, precision) for p in chunk]
+        return [_run_alone(p.item, precision, interrupts) for p in chunk]
     try:
         return _Batch(chunk, spare).run()
     except torch.cuda.OutOfMemoryError:
