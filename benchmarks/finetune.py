@@ -5,11 +5,13 @@ Usage: python benchmarks/finetune.py --data PATH/TO/hymenoptera/train [--runs ac
 * ``accuracy`` (the default linear probe, honestly measured): the test fold is fixed
   before any tuning — the ``--test-per-class`` images of each class whose file names sort
   first — and is never used to choose anything. Each image's features are computed once
-  with the default backbone; then, per seed, exactly what a job does on them: the
-  seeded ``val_split`` split of the rest, λ by cross-validation on the training part, the
-  refit; accuracy on the fixed fold (worst, mean, spread over ``--seeds``). Repeated
-  stratified k-fold on the rest (every fold's λ chosen inside its own training part)
-  gives mean ± std over folds and repeats.
+  with the default backbone; then, per seed, exactly what a job does on them (the
+  engine's own ``_probe_head``): the seeded ``val_split`` split of the rest, λ by
+  cross-validation on the training part and that head's validation accuracy (the job's
+  metrics), then the shipped head refitted on all of the rest; the shipped head's
+  accuracy on the fixed fold (worst, mean, spread over ``--seeds``). Repeated stratified
+  k-fold on the rest (each fold's training part is a job's dataset, split and refitted
+  the same way; the held-out fold is never seen) gives mean ± std over folds and repeats.
 * ``wall``: one whole default job through the engine (``fine_tune``) on every image.
 
 The data folder's ``<class>/<image>`` files are split (stratified, seeded) into a held-out
@@ -42,6 +44,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,8 +258,9 @@ def fixed_test_fold(data: Path, per_class: int) -> tuple[list, list]:
     return pool, test
 
 
-def _features(items: list, config) -> tuple:
-    """Every image once through the default job's backbone, as the engine computes them."""
+def _features(items: list, config, flip: bool = False) -> tuple:
+    """Every image once through the default job's backbone, as the engine computes them
+    (``flip``: the mirrored centre crop, as an augmenting job's extra view)."""
     import torch
 
     from worker.engines import datasets as ds
@@ -272,6 +276,7 @@ def _features(items: list, config) -> tuple:
     with torch.inference_mode():
         for i in range(0, len(crops), config.batch_size):
             batch = torch.stack(crops[i : i + config.batch_size]).float().div_(255.0)
+            batch = batch.flip(3) if flip else batch
             with _autocast(config.device, config.precision):
                 out = backbone(_inputs(batch, config.device, config.precision))
             feats.append(out.float())
@@ -279,20 +284,45 @@ def _features(items: list, config) -> tuple:
     return torch.cat(feats).clone(), torch.tensor([classes.index(c) for c, _ in items])
 
 
-def _job_head_accuracy(feats, labels, train_idx, test_idx, config, seed: int) -> tuple:
-    """What a default job does on cached features: CV-chosen λ, refit; test accuracy."""
+def _job_split(pool_idx: list[int], labels, names: list[str], val_split: float, seed: int):
+    """datasets.split on indices: per class in name order, a seeded shuffle, val first."""
+    rng, train, val = random.Random(seed), [], []
+    for label in sorted({int(labels[i]) for i in pool_idx}):
+        group = sorted((i for i in pool_idx if labels[i] == label), key=lambda i: names[i])
+        rng.shuffle(group)
+        n_val = min(len(group) - 1, max(1, round(len(group) * val_split)))
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+def _job_head_accuracy(feats, labels, pool_idx, test_idx, names, config, seed: int) -> dict:
+    """What a default job does with the cached features of ``pool_idx`` (its dataset):
+    the seeded split, the engine's probe head (reported on val, refitted on all); the
+    shipped head's accuracy on ``test_idx``."""
     import torch
 
-    from worker.engines.probe import choose_l2, fit_logistic, make_head
+    from worker.engines.finetune import _Best, _Features, _probe_head, make_head
+    from worker.engines.finetune_progress import Tracker
 
-    x, y = feats[train_idx], labels[train_idx]
-    choice = choose_l2(x, y, int(labels.max()) + 1, seed, config.epochs)
-    head = fit_logistic(
-        make_head(x.shape[1], int(labels.max()) + 1), x, y, choice.l2, config.epochs
+    config = replace(config, seed=seed)
+    train, val = _job_split(list(pool_idx), labels, names, config.val_split, seed)
+    t, v = torch.tensor(train), torch.tensor(val)
+    job = _Features(
+        feats[t], labels[t], feats[v], labels[v], 0.0, len(pool_idx), len(t), feats[v], labels[v]
+    )
+    classes = int(labels.max()) + 1
+    head = make_head(feats.shape[1], classes)
+    record, val_preds = _probe_head(
+        head, job, config, Tracker(None, config.epochs), _Best(), classes
     )
     with torch.no_grad():
         correct = (head(feats[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
-    return correct, choice.l2
+    return {
+        "accuracy": correct,
+        "l2": record["l2"],
+        "job_val_accuracy": round((val_preds == labels[v]).float().mean().item(), 4),
+    }
 
 
 def _summary(values: list[float]) -> dict:
@@ -309,8 +339,6 @@ def _summary(values: list[float]) -> dict:
 
 def accuracy_run(args) -> dict:
     """Fixed test fold over seeds, and repeated stratified k-fold on the rest."""
-    import random
-
     import torch
 
     from worker.engines.finetune import FinetuneConfig
@@ -321,32 +349,28 @@ def accuracy_run(args) -> dict:
     started = time.monotonic()
     feats, labels = _features(pool + test, config)
     feature_seconds = time.monotonic() - started
+    names = [f"{cls}/{path.name}" for cls, path in pool + test]  # as a job names them
     n_pool = len(pool)
     test_idx = torch.arange(n_pool, n_pool + len(test))
     fixed = []
     for seed in range(args.seeds):
-        rng, train = random.Random(seed), []  # the job's split (datasets.split) of the pool
-        for label in sorted(set(labels[:n_pool].tolist())):
-            group = sorted(
-                (i for i in range(n_pool) if labels[i] == label), key=lambda i: pool[i][1].name
-            )
-            rng.shuffle(group)
-            train += group[min(len(group) - 1, max(1, round(len(group) * config.val_split))) :]
-        acc, l2 = _job_head_accuracy(feats, labels, torch.tensor(train), test_idx, config, seed)
-        fixed.append({"seed": seed, "accuracy": round(acc, 4), "l2": l2})
+        job = _job_head_accuracy(feats, labels, range(n_pool), test_idx, names, config, seed)
+        fixed.append({"seed": seed, **job, "accuracy": round(job["accuracy"], 4)})
     kfold = []
     for repeat in range(args.repeats):
         for held in stratified_folds(labels[:n_pool], args.folds, 1000 + repeat):
             keep = torch.ones(n_pool, dtype=torch.bool)
             keep[held] = False
-            idx = keep.nonzero().flatten()
-            kfold.append(_job_head_accuracy(feats, labels, idx, held, config, repeat)[0])
+            idx = keep.nonzero().flatten().tolist()
+            job = _job_head_accuracy(feats, labels, idx, held, names, config, repeat)
+            kfold.append(job["accuracy"])
     return {
         "run": "accuracy",
         "backbone": config.backbone,
         "strategy": config.strategy,
         "precision": config.precision,
         "feature_layers": list(_feature_layers(config.backbone)),
+        "shipped_head": "refitted on train+val with the λ chosen by CV on the train part",
         "pool_images": n_pool,
         "test_fold": {
             "rule": f"the {args.test_per_class} first file names per class, fixed before tuning",
@@ -399,6 +423,23 @@ def _command() -> str:
         elif arg.startswith("--data="):
             argv[i] = "--data=<hymenoptera>/train"
     return " ".join(["python benchmarks/finetune.py", *argv])
+
+
+def _kept_results(out: Path, runs: set[str]) -> list[dict]:
+    """The earlier file's results of the runs not repeated now, each with the command and
+    machine that made it, so rerunning one run does not erase the others' numbers."""
+    if not out.exists():
+        return []
+    old = json.loads(out.read_text())
+    return [
+        {
+            **r,
+            "command": r.get("command", old["command"]),
+            "machine": r.get("machine", old["machine"]),
+        }
+        for r in old.get("results", [])
+        if r.get("run") not in runs
+    ]
 
 
 def main() -> int:
@@ -465,7 +506,7 @@ def main() -> int:
             "fixed before tuning. wall: one default job through the engine. api: real "
             "Redis + Celery worker + web; time from upload start to succeeded"
         ),
-        "results": results,
+        "results": results + _kept_results(args.out, set(runs)),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -68,6 +68,7 @@ def model_card(*, config: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- accuracy: **{metrics['accuracy']:.4f}** (epoch {metrics['best_epoch']}), "
         f"macro F1 {metrics['macro_f1']:.4f}",
         "",
+        *_refit_lines(metrics.get("head") or {}),
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]
@@ -99,12 +100,39 @@ def model_card(*, config: dict[str, Any], metrics: dict[str, Any]) -> str:
         *load_section(config["image_size"], metrics.get("export") or {}),
         "## Limits",
         "",
-        "Validation accuracy on a small held-out split is a noisy estimate; the best epoch "
-        "was chosen on that same split, so expect slightly lower accuracy on new images. "
-        "The model only knows the classes above and always answers with one of them.",
+        _limits(metrics),
         "",
     ]
     return "\n".join(lines)
+
+
+def _refit_lines(head: dict[str, Any]) -> list[str]:
+    """What a linear probe's numbers describe: the shipped head was refitted on every
+    labelled image, so the validation images were scored by a head that never saw them."""
+    if head.get("refit_on") != "train+val":
+        return []
+    images = head["refit_images"]
+    return [
+        "These numbers come from a head fitted on the training images only. The head in "
+        f"this model was then refitted on all {images['total']} labelled images "
+        f"({images['train']} training + {images['val']} validation, λ {head['l2']:g}), "
+        "so it has seen the validation images and learnt from more data than the head "
+        "scored here.",
+        "",
+    ]
+
+
+def _limits(metrics: dict[str, Any]) -> str:
+    knows = "The model only knows the classes above and always answers with one of them."
+    if (metrics.get("head") or {}).get("refit_on"):
+        return (
+            "Validation accuracy on a small held-out split is a noisy estimate (a few "
+            "images move it by points); nothing was chosen on that split. " + knows
+        )
+    return (
+        "Validation accuracy on a small held-out split is a noisy estimate; the best epoch "
+        "was chosen on that same split, so expect slightly lower accuracy on new images. " + knows
+    )
 
 
 # format -> (file, what to install, three lines that load it and compute logits)
