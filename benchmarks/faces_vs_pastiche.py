@@ -21,11 +21,14 @@ Portraits: ``astronaut.png`` from ../shared/data (public domain, NASA); extra on
 path, e.g. matplotlib's ``grace_hopper.jpg`` (U.S. Navy photo, public domain; in the
 matplotlib wheel under mpl-data/sample_data/):
 ``--portraits astronaut.png:shipwreck.jpg /path/grace_hopper.jpg:shipwreck.jpg``.
-``--held-out`` names portraits the protection factor was not tuned on (reported apart);
+``--held-out`` names portraits (or single portrait × style pairs) the protection was not
+tuned on (reported apart);
 ``--no-pastiche NAME`` runs only our two sides for a portrait (no pastiche targets).
 Pastiche's 1000 steps take minutes to hours on a busy CPU: ``--pastiche-only`` runs it
 alone and ``--pastiche-from DIR --wait-pastiche S`` takes its result when it is done;
-``--reuse-ours`` judges our images from an earlier run of this script again.
+``--reuse-ours`` judges our images from an earlier run of this script again, and
+``--pastiche-earlier JSON`` takes pastiche's judged numbers for a pair (same size and seed)
+from an earlier results file when its image is not at hand (marked ``from_earlier_run``).
 """
 
 from __future__ import annotations
@@ -133,15 +136,17 @@ def benchmark(args: argparse.Namespace) -> dict:
         for side, extra in (("off", ["--no-protect-faces"]), ("on", [])):
             out = workdir / f"{name}_{args.size}_ours_{side}.png"
             sides[side] = ours_side((content_path, style_path), out, args, env, extra)
-        theirs = None
+        theirs = earlier = None
         if with_pastiche:  # after ours: an earlier --pastiche-only run may finish meanwhile
             theirs = pastiche_record(name, (content_path, style_path), workdir, args, env)
+        if theirs is None and args.pastiche_earlier is not None:
+            earlier = _earlier_pastiche(args.pastiche_earlier, name, args)
         boxes = sides["on"][2]["faces"]["boxes"]
         record: dict = {
             "portrait": name,
             "size": args.size,
             "seed": args.seed,
-            "held_out": content_path.stem in args.held_out,
+            "held_out": content_path.stem in args.held_out or name in args.held_out,
             "faces": sides["on"][2]["faces"],
             "protect": sides["on"][2].get("protect"),
         }
@@ -155,7 +160,11 @@ def benchmark(args: argparse.Namespace) -> dict:
         row = [content]
         if theirs is None and with_pastiche:
             record["pastiche"] = None  # its --pastiche-only run did not finish in time
-        if theirs is not None:
+        if earlier is not None:  # judged numbers of an earlier run of this script
+            record["pastiche"] = earlier
+            record["targets"] = targets(record)
+            row.append(_blank(content.size, "pastiche: earlier run"))
+        elif theirs is not None:
             record["pastiche"] = {**theirs[1], **judged(judge, theirs[0], content, style, boxes)}
             record["targets"] = targets(record)
             with Image.open(theirs[0]) as p:
@@ -191,6 +200,18 @@ def ours_side(
     if timing.exists():
         return out, json.loads(timing.read_text())["seconds"], metrics, "whole job"
     return out, metrics["seconds"], metrics, "engine only (reused image)"
+
+
+def _earlier_pastiche(path: Path, name: str, args: argparse.Namespace) -> dict | None:
+    """Pastiche's record for ``name`` from an earlier results file of this script at the
+    same size and seed (its image is not kept), marked with that run's start; None when
+    it has none."""
+    earlier = json.loads(path.read_text())
+    for record in earlier.get("portraits", []):
+        same = record["size"] == args.size and record["seed"] == args.seed
+        if record["portrait"] == name and same and record.get("pastiche"):
+            return {**record["pastiche"], "from_earlier_run": earlier.get("started_at")}
+    return None
 
 
 def targets(record: dict) -> dict:
@@ -244,11 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--portraits", nargs="+", default=list(PORTRAITS), metavar="C:S")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--held-out", nargs="*", default=[], metavar="STEM")
+    parser.add_argument(
+        "--held-out",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="a portrait's stem (every pair) or one pair, CONTENT_x_STYLE (stems)",
+    )
     parser.add_argument("--no-pastiche", nargs="*", default=[], metavar="STEM")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--pastiche-only", action="store_true")
     parser.add_argument("--pastiche-from", type=Path, default=None, metavar="DIR")
+    parser.add_argument(
+        "--pastiche-earlier",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="pastiche's numbers from an earlier results file where no image is at hand",
+    )
     parser.add_argument(
         "--reuse-ours", action="store_true", help="judge our images already in the work folder"
     )
@@ -268,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     result["started_at"] = started_at
     result["detector"] = faces.DETECTOR
     result["factor"] = faces.PROTECT_FACTOR
+    result["face_budget"] = faces.FACE_BUDGET
     out = args.results / "faces_vs_pastiche.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -92,9 +92,38 @@ def test_protecting_faces_keeps_the_face_closer_to_the_content(portrait_runs):
     assert on < 0.9 * off, (on, off)
     metrics = portrait_runs["on"].metrics
     assert metrics["faces"]["detector"] == faces.DETECTOR
-    assert metrics["protect"] == {"factor": faces.PROTECT_FACTOR}
+    share = metrics["protect"]["face_share"]
+    assert 0 < share < 1 and "mask_factor" not in metrics["protect"]
+    assert metrics["protect"]["face_factor"] == pytest.approx(faces.face_factor(share), rel=1e-3)
     assert metrics["params"]["protect_faces"] is True and metrics["losses"]["protect"] > 0
     assert "faces" not in portrait_runs["off"].metrics  # not looked for
+
+
+def test_the_face_factor_is_full_for_small_faces_and_budgeted_for_close_ups():
+    small = faces.FACE_BUDGET / (faces.PROTECT_FACTOR - 1) / 2
+    assert faces.face_factor(small) == faces.PROTECT_FACTOR
+    assert faces.face_factor(0.0) == faces.PROTECT_FACTOR
+    for share in (0.2, 0.44, 0.9):  # a close-up: the extra weight over the picture is capped
+        factor = faces.face_factor(share)
+        assert 1 < factor < faces.PROTECT_FACTOR
+        assert (factor - 1) * share == pytest.approx(faces.FACE_BUDGET)
+    assert faces.face_factor(0.9) < faces.face_factor(0.44) < faces.face_factor(0.2)
+
+
+def test_a_close_up_face_is_protected_with_the_budgeted_factor():
+    """The portrait cropped to its face: the face fills much of the picture, gets the
+    smaller factor, and the weight map carries it (mean extra weight = the budget)."""
+    portrait = _portrait()
+    [(x, y, w, h)] = faces.detect_faces(portrait, portrait.size)
+    pad = w // 3
+    close_up = portrait.crop((x - pad, y - pad, x + w + pad, y + h + pad)).resize((96, 96))
+    protection = faces.plan_protection(close_up, (96, 96), faces=True)
+    assert len(protection.boxes) == 1, protection.boxes
+    assert protection.face_share is not None and protection.face_share > 0.3
+    assert protection.face_factor == faces.face_factor(protection.face_share)
+    assert protection.face_factor < faces.PROTECT_FACTOR
+    assert float(protection.extra.mean()) == pytest.approx(faces.FACE_BUDGET, rel=1e-5)
+    assert protection.describe()["protect"]["face_factor"] < faces.PROTECT_FACTOR
 
 
 def test_a_protect_mask_keeps_its_area_closer_to_the_content(portrait_runs):
@@ -105,6 +134,7 @@ def test_a_protect_mask_keeps_its_area_closer_to_the_content(portrait_runs):
     assert masked < 0.9 * off, (masked, off)
     assert "faces" not in portrait_runs["mask"].metrics
     assert 0.02 < portrait_runs["mask"].metrics["protect"]["mask_share"] < 0.3
+    assert portrait_runs["mask"].metrics["protect"]["mask_factor"] == faces.PROTECT_FACTOR
 
 
 def test_no_face_found_or_protection_off_runs_exactly_the_unprotected_path(monkeypatch):

