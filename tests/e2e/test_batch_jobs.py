@@ -21,7 +21,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sqlalchemy import select, text
 
@@ -29,6 +28,7 @@ from shared.db import session_scope
 from shared.models import Job
 from shared.settings import BATCH_SIZE_MAX, BATCH_WAIT_MS_MAX, load_settings
 from tests.conftest import WorkerProcess, style_form, tiny_png, wait_for
+from tests.native_conv import native_conv
 from tests.web.helpers import make_job
 from worker import batching
 from worker.batching import run_job
@@ -67,23 +67,12 @@ def _image(client, job_id: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(response.data)).convert("RGB"), dtype=np.int16)
 
 
-@contextmanager
-def _native_conv() -> Iterator[None]:
-    """PyTorch's own CPU convolution: per-image arithmetic independent of the batch."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
 def _batched(settings, **overrides):
     return dataclasses.replace(settings, **{"batch_size": 3, "batch_wait_ms": 1, **overrides})
 
 
 def test_three_queued_jobs_of_one_shape_run_as_one_batch_like_lone_runs(client, settings):
-    with _native_conv():
+    with native_conv():
         alone = _three(client)
         for job_id in alone:
             assert run_job(job_id, worker="alone", settings=settings) == "succeeded"

@@ -17,14 +17,13 @@ GPU benchmark's bar is 1 % on the judge distances at 512 px, where runs are calm
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from tests.native_conv import native_conv as native_convolution
 from worker.engines.batch_style import BatchItem, batch_key, stylize_batch
 from worker.engines.errors import Canceled, InvalidInput
 from worker.engines.style_transfer import StyleParams, StyleProgress, StyleResult, stylize
@@ -88,20 +87,9 @@ def _same_run(losses: list[float], alone: list[float]) -> bool:
     )
 
 
-@contextmanager
-def _without_onednn() -> Iterator[None]:
-    """PyTorch's own CPU convolution: per-image arithmetic independent of the batch."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
 @pytest.fixture
 def native_conv() -> Iterator[None]:
-    with _without_onednn():
+    with native_convolution():
         yield
 
 
@@ -109,7 +97,7 @@ def native_conv() -> Iterator[None]:
 def lone() -> list[tuple[StyleResult, Recorder]]:
     """Each job run alone through ``stylize``, with the native convolution."""
     runs = []
-    with _without_onednn():
+    with native_convolution():
         for content, style, params in _jobs():
             recorder = Recorder()
             result = stylize(content, [style], params, on_progress=recorder, precision="fp32")
