@@ -91,33 +91,39 @@ def test_three_queued_jobs_of_one_shape_run_as_one_batch_like_lone_runs(client, 
         assert row.preview_step == STEPS
 
 
-def _cancel_at_step(settings, job_id: str, step: int) -> None:
-    """Flag ``job_id``'s cancel in the same write that records its progress at ``step``."""
+def _cancel_when(settings, name: str, column: str, condition: str) -> None:
+    """A trigger ``name`` that flags a job's cancel in the very write that updates
+    ``column`` to rows matching ``condition`` (SQL on ``NEW``): a person pressing cancel
+    at exactly that moment, every run."""
     with session_scope(settings.database_url) as session:
         if settings.database_url.startswith("sqlite"):
             session.execute(
                 text(
-                    "CREATE TRIGGER cancel_at_step AFTER UPDATE OF progress_current ON jobs "
-                    f"WHEN NEW.id = '{job_id}' AND NEW.progress_current >= {step} "
-                    "AND NEW.cancel_requested_at IS NULL BEGIN UPDATE jobs "
+                    f"CREATE TRIGGER {name} AFTER UPDATE OF {column} ON jobs "
+                    f"WHEN {condition} AND NEW.cancel_requested_at IS NULL BEGIN UPDATE jobs "
                     "SET cancel_requested_at = CURRENT_TIMESTAMP WHERE id = NEW.id; END"
                 )
             )
             return
         session.execute(
             text(
-                "CREATE FUNCTION cancel_at_step() RETURNS trigger AS $$ BEGIN "
-                f"IF NEW.id = '{job_id}' AND NEW.progress_current >= {step} "
-                "AND NEW.cancel_requested_at IS NULL THEN NEW.cancel_requested_at := now(); "
-                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+                f"CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
+                f"IF {condition} AND NEW.cancel_requested_at IS NULL THEN "
+                "NEW.cancel_requested_at := now(); END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
             )
         )
         session.execute(
             text(
-                "CREATE TRIGGER cancel_at_step BEFORE UPDATE OF progress_current ON jobs "
-                "FOR EACH ROW EXECUTE FUNCTION cancel_at_step()"
+                f"CREATE TRIGGER {name} BEFORE UPDATE OF {column} ON jobs "
+                f"FOR EACH ROW EXECUTE FUNCTION {name}()"
             )
         )
+
+
+def _cancel_at_step(settings, job_id: str, step: int) -> None:
+    """Flag ``job_id``'s cancel in the same write that records its progress at ``step``."""
+    condition = f"NEW.id = '{job_id}' AND NEW.progress_current >= {step}"
+    _cancel_when(settings, "cancel_at_step", "progress_current", condition)
 
 
 def test_a_member_canceled_while_the_batch_runs_leaves_the_others_succeeded(client, settings):
@@ -137,29 +143,7 @@ def _cancel_at_claim(settings, job_id: str) -> None:
     """Flag ``job_id``'s cancel in the write that claims it: a person pressing cancel
     after the batch took the job, before its first step."""
     condition = f"NEW.id = '{job_id}' AND NEW.status = 'starting'"
-    with session_scope(settings.database_url) as session:
-        if settings.database_url.startswith("sqlite"):
-            session.execute(
-                text(
-                    "CREATE TRIGGER cancel_at_claim AFTER UPDATE OF status ON jobs "
-                    f"WHEN {condition} BEGIN UPDATE jobs "
-                    "SET cancel_requested_at = CURRENT_TIMESTAMP WHERE id = NEW.id; END"
-                )
-            )
-            return
-        session.execute(
-            text(
-                "CREATE FUNCTION cancel_at_claim() RETURNS trigger AS $$ BEGIN "
-                f"IF {condition} THEN NEW.cancel_requested_at := now(); "
-                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
-            )
-        )
-        session.execute(
-            text(
-                "CREATE TRIGGER cancel_at_claim BEFORE UPDATE OF status ON jobs "
-                "FOR EACH ROW EXECUTE FUNCTION cancel_at_claim()"
-            )
-        )
+    _cancel_when(settings, "cancel_at_claim", "status", condition)
 
 
 def test_a_member_canceled_before_the_batch_starts_ends_at_its_first_step(client, settings):
